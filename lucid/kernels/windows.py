@@ -1,0 +1,142 @@
+"""Pooling parameters: validation, output sizes and per-axis windows (pure arithmetic)."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+PADDING_MODES = ("zeros", "ignore")
+AXIS_NAMES = ("depth", "height", "width")
+
+
+@dataclass(frozen=True)
+class AxisWindow:
+    """Windows along one axis of a (possibly sliced) input.
+
+    Output ``o`` (0 <= o < size_out) reads input positions ``o*stride - pad + j*dilation``
+    for taps ``j = 0..kernel-1``; positions outside ``[0, size_in)`` are padding.
+    For a slab, ``pad`` and ``size_in`` are local to the slab.
+    """
+
+    kernel: int
+    stride: int
+    dilation: int
+    pad: int
+    size_in: int
+    size_out: int
+
+    @property
+    def span(self) -> int:
+        """Input extent of one window: dilation*(kernel-1) + 1."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether two windows can share an input position (then gradients add up)."""
+        return self.span > self.stride
+
+    def tap_range(self, j: int) -> tuple[int, int]:
+        """Outputs [lo, hi) whose tap ``j`` falls inside the input."""
+        start = j * self.dilation - self.pad  # input position of tap j for output 0
+        lo = min(self.size_out, max(0, -(start // self.stride)))
+        last = self.size_in - 1 - start
+        hi = 0 if last < 0 else min(self.size_out, last // self.stride + 1)
+        return lo, max(lo, hi)
+
+    def input_slice(self, j: int) -> slice:
+        """Input positions read by tap ``j`` for the outputs in ``tap_range(j)``."""
+        lo, hi = self.tap_range(j)
+        first = lo * self.stride - self.pad + j * self.dilation
+        if hi <= lo:
+            return slice(0, 0)
+        return slice(first, first + (hi - lo - 1) * self.stride + 1, self.stride)
+
+
+def _triple(value, name: str) -> tuple[int, int, int]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
+    if len(items) != 3:
+        raise ValueError(f"{name} must be an int or a tuple of 3 ints (depth, height, width), got {value!r}")
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+            raise TypeError(f"{name} must contain integers, got {value!r}")
+    return tuple(int(i) for i in items)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Validated MaxPool3d parameters, one value per pooled axis."""
+
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    padding: tuple[int, int, int]
+    dilation: tuple[int, int, int] = (1, 1, 1)
+    ceil_mode: bool = False
+    padding_mode: str = "zeros"
+
+    @classmethod
+    def create(cls, kernel_size=1, stride=1, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros") -> "PoolSpec":
+        kernel = _triple(kernel_size, "kernel_size")
+        stride_t = kernel if stride is None else _triple(stride, "stride")
+        padding_t = _triple(padding, "padding")
+        dilation_t = _triple(dilation, "dilation")
+        for name, values in (("kernel_size", kernel), ("stride", stride_t), ("dilation", dilation_t)):
+            if min(values) < 1:
+                raise ValueError(f"{name} must be >= 1, got {values if len(set(values)) > 1 else values[0]}")
+        if min(padding_t) < 0:
+            raise ValueError(f"padding must be >= 0, got {padding_t if len(set(padding_t)) > 1 else padding_t[0]}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if padding_mode == "ignore":
+            for axis, (k, p) in enumerate(zip(kernel, padding_t)):
+                if p > k // 2:
+                    raise ValueError(
+                        f"padding {p} exceeds half the kernel {k} along {AXIS_NAMES[axis]}: "
+                        "with padding_mode='ignore' a window could hold only padding"
+                    )
+        return cls(kernel, stride_t, padding_t, dilation_t, bool(ceil_mode), padding_mode)
+
+    def output_size(self, size: int, axis: int, names=AXIS_NAMES) -> int:
+        k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
+        span = d * (k - 1) + 1
+        room = size + 2 * p - span
+        if size < 1 or room < 0:
+            pad_text = f"with padding {p}" + (f" and dilation {d}" if d > 1 else "")
+            raise ValueError(f"kernel {k} {pad_text} does not fit {names[axis]} {size}")
+        out = (-(-room // s) if self.ceil_mode else room // s) + 1
+        if self.ceil_mode and (out - 1) * s >= size + p:
+            out -= 1  # the last window must start inside the input or the left padding (PyTorch rule)
+        return out
+
+    def output_shape(self, sizes, names=AXIS_NAMES) -> tuple[int, int, int]:
+        return tuple(self.output_size(n, a, names) for a, n in enumerate(sizes))  # type: ignore[return-value]
+
+    def windows(self, sizes, names=AXIS_NAMES) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
+        out = self.output_shape(sizes, names)
+        wins = tuple(
+            AxisWindow(self.kernel[a], self.stride[a], self.dilation[a], self.padding[a], int(sizes[a]), out[a])
+            for a in range(3)
+        )
+        if self.padding_mode == "ignore":
+            for a, w in enumerate(wins):
+                _check_every_window_has_input(w, names[a])
+        return wins  # type: ignore[return-value]
+
+
+def _check_every_window_has_input(w: AxisWindow, name: str) -> None:
+    starts = np.arange(w.size_out) * w.stride - w.pad
+    first_tap = np.maximum(0, -(starts // w.dilation))
+    pos = starts + first_tap * w.dilation
+    bad = (first_tap >= w.kernel) | (pos >= w.size_in)
+    if bad.any():
+        o = int(np.argmax(bad))
+        raise ValueError(
+            f"with padding_mode='ignore' output {o} along {name} covers only padding "
+            f"(kernel {w.kernel}, dilation {w.dilation}, padding {w.pad}, size {w.size_in})"
+        )
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
