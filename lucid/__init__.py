@@ -4,5 +4,6 @@ __version__ = "0.1.0"
 
 from lucid.tensor import Tensor  # noqa: E402
 from lucid import nn  # noqa: E402
+from lucid import random  # noqa: E402
 
-__all__ = ["Tensor", "nn", "__version__"]
+__all__ = ["Tensor", "nn", "random", "__version__"]
