@@ -120,10 +120,9 @@ class Conv3d(Module):
         return conv3d(input, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-        )
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if any(self.padding):  # PyTorch's repr leaves out default settings
+            text += f", padding={self.padding}"
         return text if self.bias is not None else text + ", bias=False"
 
 
