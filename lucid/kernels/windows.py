@@ -45,6 +45,22 @@ class AxisWindow:
         hi = 0 if last < 0 else min(self.size_out, last // self.stride + 1)
         return lo, max(lo, hi)
 
+    def slab(self, o0: int, o1: int, r0: int | None = None, r1: int | None = None) -> tuple[int, int, "AxisWindow"]:
+        """Outputs [o0, o1) as a window over input rows [r0, r1) of their own.
+
+        By default the rows are those the outputs read, clipped to the input, so
+        padding stays where it truly is.  Narrower rows (for a backward pass
+        that must not touch rows another block owns) make taps outside them
+        count as padding: their contributions are dropped.
+        Returns ``(r0, r1, local_window)``.
+        """
+        if r0 is None:
+            r0 = max(0, o0 * self.stride - self.pad)
+        if r1 is None:
+            r1 = min(self.size_in, (o1 - 1) * self.stride - self.pad + self.span)
+        local = AxisWindow(self.kernel, self.stride, self.dilation, self.pad - o0 * self.stride + r0, max(0, r1 - r0), o1 - o0)
+        return r0, max(r0, r1), local
+
     def input_slice(self, j: int) -> slice:
         """Input positions read by tap ``j`` for the outputs in ``tap_range(j)``."""
         lo, hi = self.tap_range(j)
@@ -99,14 +115,13 @@ class PoolSpec:
 
     def output_size(self, size: int, axis: int, names=AXIS_NAMES) -> int:
         k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
-        span = d * (k - 1) + 1
-        room = size + 2 * p - span
-        if size < 1 or room < 0:
-            pad_text = f"with padding {p}" + (f" and dilation {d}" if d > 1 else "")
-            raise ValueError(f"kernel {k} {pad_text} does not fit {names[axis]} {size}")
+        room = size + 2 * p - (d * (k - 1) + 1)
         out = (-(-room // s) if self.ceil_mode else room // s) + 1
         if self.ceil_mode and (out - 1) * s >= size + p:
             out -= 1  # the last window must start inside the input or the left padding (PyTorch rule)
+        if size < 1 or out < 1:
+            pad_text = f"with padding {p}" + (f" and dilation {d}" if d > 1 else "")
+            raise ValueError(f"kernel {k} {pad_text} does not fit {names[axis]} {size}")
         return out
 
     def output_shape(self, sizes, names=AXIS_NAMES) -> tuple[int, int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lucid.kernels import maxpool
+from lucid.kernels import maxpool, tiled
 from lucid.kernels.windows import PoolSpec
 from lucid.tensor import Tensor
 
@@ -42,14 +42,17 @@ def max_pool3d(
     pad_value = 0 if padding_mode == "zeros" else None
 
     if not (x.requires_grad or return_indices):
-        return Tensor._from_op(maxpool.pool(data, axes, windows, pad_value), (x,), None)
+        return Tensor._from_op(tiled.pool(data, axes, windows, pad_value), (x,), None)
 
-    values, offsets = maxpool.argpool(data, axes, windows, pad_value)
+    priority = maxpool.default_priority(data, axes)
+    mults = maxpool.code_mults(windows, priority)
+    values, codes = tiled.argpool(data, axes, windows, mults, pad_value)
 
     def backward(g):
-        return (maxpool.unpool(g, offsets, axes, windows),)
+        grad_in = np.zeros(data.shape, g.dtype)
+        return (tiled.unpool(g, codes, axes, windows, mults, grad_in, lead=priority[0]),)
 
     out = Tensor._from_op(values, (x,), backward)
     if return_indices:
-        return out, Tensor(maxpool.flat_indices(offsets, axes, windows))
+        return out, Tensor(maxpool.flat_indices(codes, axes, windows, mults))
     return out

@@ -1,0 +1,147 @@
+"""Run the block kernels over cache-sized tiles on a few threads.
+
+Three passes over a block that fits in L2 cost about one pass over memory,
+and numpy releases the GIL inside ufuncs, so tiles on two threads use both
+cores.  Tiles are cut along the outermost axis in memory.
+
+Backward tiles must not race on shared input rows, and every row must get
+its contributions in ascending output order.  Phase 1 runs every tile on
+the rows no earlier tile touches; phase 2 then adds each tile's share of the
+rows it shares with the tile before it.  Both phases are parallel.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lucid.kernels import maxpool
+from lucid.kernels.maxpool import MAX, Axes, Order, Windows
+
+TILE_BYTES = 384 * 1024  # input bytes per tile: a few arrays of this fit in L2
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _run(tasks: Sequence[Callable[[], None]], threads: int | None) -> None:
+    global _executor
+    threads = default_threads() if threads is None else threads
+    if threads <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            task()
+        return
+    if _executor is None:
+        _executor = ThreadPoolExecutor(default_threads(), thread_name_prefix="lucid-kernel")
+    for future in [_executor.submit(task) for task in tasks]:
+        future.result()
+
+
+def _outer_axis(x: np.ndarray) -> int:
+    return max(range(x.ndim), key=lambda a: (abs(x.strides[a]) if x.shape[a] > 1 else -1, -a))
+
+
+def _cuts(count: int, per_tile: int) -> list[tuple[int, int]]:
+    per_tile = max(1, per_tile)
+    return [(a, min(count, a + per_tile)) for a in range(0, count, per_tile)]
+
+
+def _forward_tiles(x: np.ndarray, axes: Axes, windows: Windows, min_outputs: int = 1):
+    """Yield (input key, output key, windows) per tile along the outermost axis."""
+    axis = _outer_axis(x)
+    row_bytes = x.nbytes // max(1, x.shape[axis])
+    if axis in axes:
+        r = axes.index(axis)
+        w = windows[r]
+        per = max(min_outputs, (TILE_BYTES // max(1, row_bytes) - w.span) // w.stride + 1)
+        for o0, o1 in _cuts(w.size_out, per):
+            r0, r1, local = w.slab(o0, o1)
+            wins = list(windows)
+            wins[r] = local
+            yield maxpool._at(x.ndim, axis, slice(r0, r1)), maxpool._at(x.ndim, axis, slice(o0, o1)), wins
+    else:
+        for a, b in _cuts(x.shape[axis], TILE_BYTES // max(1, row_bytes)):
+            key = maxpool._at(x.ndim, axis, slice(a, b))
+            yield key, key, list(windows)
+
+
+def _out_shape(x: np.ndarray, axes: Axes, windows: Windows) -> list[int]:
+    shape = list(x.shape)
+    for a, w in zip(axes, windows):
+        shape[a] = w.size_out
+    return shape
+
+
+def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX, threads=None) -> np.ndarray:
+    """Values-only max pooling of any array, tiled."""
+    maxpool.check_dtype(x.dtype)
+    out = maxpool.empty_like_layout(x, _out_shape(x, axes, windows), x.dtype)
+    tasks = [
+        (lambda i=i, o=o, w=w: np.copyto(out[o], maxpool.pool(x[i], axes, w, pad_value, order)))
+        for i, o, w in _forward_tiles(x, axes, windows)
+    ]
+    _run(tasks, threads)
+    return out
+
+
+def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, order: Order = MAX, threads=None):
+    """Max pooling with winner codes, tiled; returns ``(values, codes)``."""
+    maxpool.check_dtype(x.dtype)
+    shape = _out_shape(x, axes, windows)
+    out = maxpool.empty_like_layout(x, shape, x.dtype)
+    codes = maxpool.empty_like_layout(x, shape, maxpool.code_dtype(windows))
+
+    def task(i, o, w):
+        values, won = maxpool.argpool(x[i], axes, w, mults, pad_value, order)
+        np.copyto(out[o], values)
+        np.copyto(codes[o], won)
+
+    _run([(lambda t=t: task(*t)) for t in _forward_tiles(x, axes, windows)], threads)
+    return out, codes
+
+
+def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, lead: int, threads=None) -> np.ndarray:
+    """Add output gradients into ``out`` at the winners, tiled along ``axes[lead]``.
+
+    ``lead`` must be the most significant axis of ``mults`` (``priority[0]``)
+    so that tile after tile is ascending output order.  A carried outer axis
+    is used instead when there is one: its tiles share nothing.
+    """
+    outer = _outer_axis(grad)
+    if outer not in axes and grad.shape[outer] > 1:
+        row_bytes = max(1, out.nbytes // out.shape[outer])
+        tasks = []
+        for a, b in _cuts(grad.shape[outer], TILE_BYTES // row_bytes):
+            key = maxpool._at(grad.ndim, outer, slice(a, b))
+            tasks.append(lambda key=key: maxpool.unpool(grad[key], codes[key], axes, windows, mults, out[key]))
+        _run(tasks, threads)
+        return out
+
+    axis, w = axes[lead], windows[lead]
+    row_bytes = max(1, out.nbytes // max(1, out.shape[axis]))
+    per = max(-(-w.span // w.stride), TILE_BYTES // row_bytes // w.stride)
+    tiles = _cuts(w.size_out, per)
+
+    def task(o0: int, o1: int, r0: int, r1: int) -> None:
+        if r1 <= r0:
+            return
+        _, _, local = w.slab(o0, o1, r0, r1)
+        wins = list(windows)
+        wins[lead] = local
+        n = grad.ndim
+        src = maxpool._at(n, axis, slice(o0, o1))
+        maxpool.unpool(grad[src], codes[src], axes, wins, mults, out[maxpool._at(n, axis, slice(r0, r1))])
+
+    def split(o0: int) -> int:  # first row that no output before o0 touches
+        return 0 if o0 == 0 else min(w.size_in, max(0, (o0 - 1) * w.stride - w.pad + w.span))
+
+    _run([(lambda t=t: task(t[0], t[1], split(t[0]), w.size_in)) for t in tiles], threads)
+    _run([(lambda t=t: task(t[0], t[1], max(0, t[0] * w.stride - w.pad), split(t[0]))) for t in tiles[1:]], threads)
+    return out
+
