@@ -6,13 +6,10 @@ import math
 import numbers
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from lucid.nn.module import Module, Parameter
 from lucid.random import uniform
 from lucid.tensor import Tensor
-
-_SPATIAL = (2, 3, 4)
 
 
 def _triple(value, name: str, minimum: int) -> tuple[int, int, int]:
@@ -56,20 +53,28 @@ def conv3d(input, weight, bias=None, stride=1, padding=0) -> Tensor:
 
     xd, wd = x.data, w.data
     xp = np.pad(xd, [(0, 0), (0, 0)] + [(q, q) for q in p])
-    # (N, C, Do, Ho, Wo, kd, kh, kw) view of every window; tensordot makes the im2col copy
-    cols = sliding_window_view(xp, kernel, axis=_SPATIAL)[:, :, :: s[0], :: s[1], :: s[2]]
-    out_spatial = cols.shape[2:5]
-    out = np.moveaxis(np.tensordot(cols, wd, axes=([1, 5, 6, 7], [1, 2, 3, 4])), -1, 1)
+    out_spatial = tuple((n - k) // st + 1 for n, k, st in zip(padded, kernel, s))
+    # One (N, C, Do, Ho, Wo) strided view of the padded input per kernel tap: each
+    # tap is a channel contraction over all voxels at once, and no 27x im2col copy.
+    taps = {
+        ijk: (slice(None), slice(None))
+        + tuple(slice(t, t + st * (n - 1) + 1, st) for t, st, n in zip(ijk, s, out_spatial))
+        for ijk in np.ndindex(*kernel)
+    }
+    acc = np.zeros((wd.shape[0], xd.shape[0]) + out_spatial, dtype=np.result_type(xd, wd))  # (O, N, ...)
+    for ijk, region in taps.items():
+        acc += np.tensordot(wd[(slice(None), slice(None)) + ijk], xp[region], axes=([1], [1]))
+    out = np.ascontiguousarray(acc.swapaxes(0, 1))
     if b is not None:
-        out = out + b.data.reshape(-1, 1, 1, 1)
+        out += b.data.reshape(-1, 1, 1, 1)
 
     def backward(g):
-        gw = np.tensordot(g, cols, axes=([0, 2, 3, 4], [0, 2, 3, 4]))  # (O, C, kd, kh, kw)
-        gcols = np.tensordot(g, wd, axes=([1], [0]))  # (N, Do, Ho, Wo, C, kd, kh, kw)
-        gxp = np.zeros(xp.shape, dtype=gcols.dtype)
-        for i, j, k in np.ndindex(*kernel):  # scatter each tap back onto the input it read
-            region = tuple(slice(t, t + st * (n - 1) + 1, st) for t, st, n in zip((i, j, k), s, out_spatial))
-            gxp[(slice(None), slice(None)) + region] += np.moveaxis(gcols[..., i, j, k], -1, 1)
+        gw = np.empty(wd.shape, dtype=np.result_type(g, xd))
+        gxp = np.zeros(xp.shape, dtype=np.result_type(g, wd))
+        gxp_cn = gxp.swapaxes(0, 1)  # (C, N, ...) view: what tensordot over O gives
+        for ijk, region in taps.items():
+            gw[(slice(None), slice(None)) + ijk] = np.tensordot(g, xp[region], axes=([0, 2, 3, 4], [0, 2, 3, 4]))
+            gxp_cn[region] += np.tensordot(wd[(slice(None), slice(None)) + ijk], g, axes=([0], [1]))
         gx = gxp[(slice(None), slice(None)) + tuple(slice(q, q + n) for q, n in zip(p, xd.shape[2:]))]
         grads = [gx.astype(xd.dtype, copy=False), gw.astype(wd.dtype, copy=False)]
         if b is not None:
