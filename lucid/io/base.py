@@ -3,6 +3,17 @@
 The streaming engine only sees ``Source`` and ``Sink``: it never asks which
 format it has.  Formats live in their own modules (``hdf5``, ``nifti``,
 ``array``) and are picked by ``open_source``/``open_sink`` in ``lucid.io``.
+
+What engine code may rely on
+----------------------------
+Source: ``name``, ``path`` (absolute path or None), ``shape``, ``dtype`` (native
+byte order, what ``read`` returns), ``layout``, ``meta``, ``order`` ("C" or "F":
+the file's memory order), ``slab_axis``, ``chunk_rows``, ``set_cache(nbytes)``,
+``read(index)`` (a fresh, writable array the caller owns), ``close()``.
+
+Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
+``write(index, data)``, ``commit()``, ``abort()``; indexes and data are in the
+*source's* file-axis order whatever the output format.
 """
 
 from __future__ import annotations
@@ -14,12 +25,17 @@ from typing import Any
 import numpy as np
 
 # Letters that may name a pooled axis and letters for carried (not pooled) axes.
+# "t" and "w" can be either: see lucid.io.layout.parse_layout for the rule.
 POOLED_LETTERS = "dhwzyxt"
-CARRIED_LETTERS = "nc" + "tuvw"  # t is carried in NIfTI xyzt; see Layout.parse
+CARRIED_LETTERS = "nc" + "tuvw"
 
 
 class LucidIOError(Exception):
     """A problem with an input or output file; ``str()`` is one line naming the file."""
+
+
+class LayoutError(LucidIOError, ValueError):
+    """An invalid axes string (a LucidIOError that is also a ValueError)."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +52,33 @@ class Layout:
     def carried(self) -> tuple[int, ...]:
         return tuple(i for i in range(len(self.axes)) if i not in self.pooled)
 
+    @property
+    def ndim(self) -> int:
+        return len(self.axes)
+
+    @property
+    def pooled_letters(self) -> str:
+        return "".join(self.axes[i] for i in self.pooled)
+
+    @classmethod
+    def parse(cls, axes: str | None, ndim: int, format: str) -> "Layout":
+        from lucid.io.layout import parse_layout
+
+        return parse_layout(axes, ndim, format)
+
 
 @dataclass
 class VolumeMeta:
     """Format-neutral metadata a sink needs to write a faithful output.
 
     ``spacing`` is the physical size of one voxel along each pooled axis (file
-    order) or None; ``affine`` the 4x4 voxel-to-world matrix (NIfTI) or None;
+    order) or None, in ``spacing_unit`` ("mm", "um", "m" or None if unknown);
+    ``affine`` the 4x4 matrix taking (i, j, k) voxel indices along the pooled
+    axes, in file order, to world coordinates (NIfTI: the sform if its code > 0,
+    else the qform if its code > 0, else None), in ``spacing_unit``;
     ``scale`` the (slope, intercept) that turns stored values into physical ones.
     ``extra`` holds format specifics (the NIfTI header, HDF5 attributes, ...)
-    that a sink of the same format may copy.
+    that a sink may copy.
     """
 
     format: str
@@ -56,23 +89,61 @@ class VolumeMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def normalize_index(index, shape: tuple[int, ...], name: str) -> tuple[slice, ...]:
+    """Check a box: one step-1 slice per axis; returns slices with explicit bounds."""
+    if not isinstance(index, tuple):
+        index = tuple(index)
+    if len(index) != len(shape):
+        raise ValueError(f"{name}: box {index!r} has {len(index)} slices for a {len(shape)}-D volume")
+    out = []
+    for s, n in zip(index, shape):
+        if not isinstance(s, slice):
+            raise TypeError(f"{name}: box entries must be slices, got {s!r}")
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise ValueError(f"{name}: box slices must have step 1, got {s!r}")
+        out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+def box_shape(index: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in index)
+
+
 class Source(ABC):
     """A lazily read volume: shape, dtype, layout, metadata and slab reads."""
 
     name: str  # for messages, e.g. "ct.nii.gz" or "clip.h5:/frames"
+    path: str | None = None  # absolute path of the file read, None for in-memory sources
     shape: tuple[int, ...]
     dtype: np.dtype  # dtype of what read() returns: the raw stored values, native byte order
     layout: Layout
     meta: VolumeMeta
+    order: str = "C"  # memory order of the file: "C" (last axis fastest) or "F"
+    chunk_rows: int = 1  # extent of one storage chunk along slab_axis (1: no chunking)
 
     @property
     def slab_axis(self) -> int:
         """The pooled file axis along which consecutive slabs are cheapest to read."""
         return self.layout.pooled[0]
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def set_cache(self, nbytes: int) -> None:
+        """Size the reader's cache to hold one slab (``nbytes``); a no-op where there is none."""
+
     @abstractmethod
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        """Read a box (one slice per file axis, step 1) of raw stored values."""
+        """Read a box (one slice per file axis, step 1) of raw stored values.
+
+        Returns a new writable array owned by the caller, native byte order.
+        """
 
     def close(self) -> None:
         """Release the file; idempotent."""
@@ -83,18 +154,25 @@ class Source(ABC):
     def __exit__(self, *exc):
         self.close()
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.shape} {self.dtype} axes={self.layout.axes!r}>"
+
 
 class Sink(ABC):
     """A volume written slab by slab, in increasing order along one axis.
 
     Data goes to a temporary file beside the destination; ``commit`` renames it
     into place, ``abort`` deletes it.  Nothing is visible at the destination
-    before ``commit`` succeeds.
+    before ``commit`` succeeds.  ``shape`` and every ``write`` box are in the
+    file-axis order of the source the sink was opened ``like``.
     """
 
     name: str
+    path: str | None = None
     shape: tuple[int, ...]
     dtype: np.dtype
+    kind: str = "output"
+    layout: Layout
 
     @abstractmethod
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
@@ -116,3 +194,24 @@ class Sink(ABC):
             self.commit()
         else:
             self.abort()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.shape} {self.dtype} kind={self.kind!r}>"
+
+
+def pooling_matrix(pooling) -> np.ndarray:
+    """4x4 map from output voxel indices to input voxel indices (window centres).
+
+    ``[[diag(s), c], [0, 1]]`` with ``c = dilation*(k-1)/2 - p`` per pooled axis, so a
+    new affine is ``old @ pooling_matrix(spec)``; for k = s, p = 0 this is SimpleITK's
+    BinShrink geometry (output voxel 0 sits at the mean of the window's input voxels).
+    """
+    m = np.eye(4)
+    for a in range(3):
+        k, s, p, d = pooling.kernel[a], pooling.stride[a], pooling.padding[a], pooling.dilation[a]
+        m[a, a] = s
+        m[a, 3] = d * (k - 1) / 2.0 - p
+    return m
+
+
+UNIT_TO_UM = {"um": 1.0, "mm": 1e3, "m": 1e6}
