@@ -1,0 +1,190 @@
+"""Output safety: write beside the destination, rename into place on commit.
+
+:class:`AtomicTarget` does every check a sink needs *before* any work starts
+(destination exists without force, destination is an input, missing or
+read-only directory, a directory in the way) and creates the temporary file
+``.<name>.lucid-tmp-<random>`` in the destination directory, so the final
+``os.replace`` is atomic (same file system).  ``commit()`` fsyncs the file,
+renames it over the destination and fsyncs the directory; ``abort()`` deletes
+it.  An existing destination is only replaced by ``commit()``.
+
+Temporary files that are neither committed nor aborted when the interpreter
+exits are removed by an ``atexit`` hook; a process killed with SIGKILL leaves
+its hidden ``.lucid-tmp-`` file behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from lucid.io.base import LucidIOError
+
+TMP_MARK = ".lucid-tmp-"
+_LIVE: set[str] = set()
+
+
+@atexit.register
+def _remove_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
+    for path in list(_LIVE):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    _LIVE.clear()
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether an exception (OSError or an h5py/HDF5 error) means the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "errno = 28" in text or "disk quota" in text
+
+
+def no_space_error(name: str, exc: BaseException | None = None) -> LucidIOError:
+    return LucidIOError(f"{name}: no space left on device while writing the output; the partial output was removed")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def make_temp_path(directory: Path, name: str, mark: str = TMP_MARK) -> tuple[Path, int]:
+    """Create (O_EXCL) a hidden temporary file in ``directory``; returns (path, fd)."""
+    for _ in range(100):
+        path = directory / f".{name}{mark}{secrets.token_hex(4)}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        _LIVE.add(os.fspath(path))
+        return path, fd
+    raise FileExistsError(f"could not create a temporary file in {directory}")  # pragma: no cover
+
+
+def remove_quietly(path: str | os.PathLike | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+    _LIVE.discard(os.fspath(path))
+
+
+class AtomicTarget:
+    """A destination path plus the temporary file that becomes it on ``commit``."""
+
+    def __init__(
+        self,
+        dest: str | os.PathLike,
+        *,
+        force: bool = False,
+        protect: Iterable[str | os.PathLike | None] = (),
+        expected_bytes: int | None = None,
+    ):
+        self.display = os.fspath(dest)
+        self.dest = Path(os.path.abspath(os.fspath(dest)))
+        self.committed = False
+        self.aborted = False
+        directory = self.dest.parent
+        shown_dir = os.path.dirname(self.display) or "."
+        if self.dest.name in ("", ".", ".."):
+            raise LucidIOError(f"{self.display}: not a file name")
+        if not directory.exists():
+            raise LucidIOError(f"{self.display}: output directory {shown_dir} does not exist")
+        if not directory.is_dir():
+            raise LucidIOError(f"{self.display}: {shown_dir} is not a directory")
+        if os.path.lexists(self.dest):
+            if os.path.isdir(self.dest):
+                raise LucidIOError(f"{self.display}: output is a directory")
+            for other in protect:
+                if other is not None and same_file(self.dest, other):
+                    raise LucidIOError(
+                        f"{self.display}: output is the input file {os.fspath(other)}; choose another output name"
+                    )
+            if not force:
+                raise LucidIOError(f"{self.display}: output exists, use --force to replace it")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise LucidIOError(f"{self.display}: output directory {shown_dir} is not writable")
+        if expected_bytes is not None:
+            free = shutil.disk_usage(directory).free
+            if expected_bytes > free:
+                raise LucidIOError(
+                    f"{self.display}: no space left on device: the output needs {human_bytes(expected_bytes)}, "
+                    f"{human_bytes(free)} free in {shown_dir}"
+                )
+        try:
+            self.tmp, fd = make_temp_path(directory, self.dest.name)
+        except PermissionError:
+            raise LucidIOError(f"{self.display}: output directory {shown_dir} is not writable") from None
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space_error(self.display) from None
+            raise LucidIOError(f"{self.display}: cannot create a file in {shown_dir}: {exc.strerror or exc}") from None
+        os.close(fd)
+
+    @property
+    def active(self) -> bool:
+        return not (self.committed or self.aborted)
+
+    def commit(self) -> None:
+        """fsync the finished temporary file and rename it over the destination."""
+        if self.committed:
+            return
+        if self.aborted:
+            raise LucidIOError(f"{self.display}: cannot commit an aborted output")
+        try:
+            fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.dest)
+        except OSError as exc:
+            self.abort()
+            if is_no_space(exc):
+                raise no_space_error(self.display, exc) from None
+            raise LucidIOError(f"{self.display}: could not move the finished output into place: {exc}") from None
+        _LIVE.discard(os.fspath(self.tmp))
+        self.committed = True
+        _fsync_dir(self.dest.parent)
+
+    def abort(self) -> None:
+        """Remove the temporary file; idempotent."""
+        if self.committed or self.aborted:
+            return
+        self.aborted = True
+        remove_quietly(self.tmp)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
