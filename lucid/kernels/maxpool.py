@@ -63,11 +63,6 @@ def worst_value(dtype: np.dtype, order: Order = MAX):
     return info.min if order is MAX else info.max
 
 
-def default_priority(x: np.ndarray, axes: Axes) -> tuple[int, int, int]:
-    """Pooled axes from outermost to innermost in memory (logical order on ties)."""
-    return tuple(sorted(range(3), key=lambda r: -abs(x.strides[axes[r]]) if x.shape[axes[r]] > 1 else 0))  # type: ignore[return-value]
-
-
 def code_mults(windows: Windows, priority: Sequence[int] = (0, 1, 2)) -> tuple[int, int, int]:
     """Place value of each axis's tap in a winner code; ``priority[0]`` is most significant."""
     mults = [0, 0, 0]
@@ -88,6 +83,8 @@ def code_dtype(windows: Windows) -> np.dtype:
 
 def empty_like_layout(x: np.ndarray, shape: Sequence[int], dtype) -> np.ndarray:
     """An empty array of ``shape`` whose axes are laid out in memory like ``x``'s."""
+    if x.flags.c_contiguous:
+        return np.empty(shape, dtype)
     perm = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]) if x.shape[a] > 1 else 0)
     if perm == list(range(x.ndim)):
         return np.empty(shape, dtype)
@@ -106,8 +103,8 @@ def _resized(shape: Sequence[int], axis: int, size: int) -> list[int]:
     return shape
 
 
-def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
-    """Sliding extreme along one axis: values only (the fast forward path)."""
+def _pool_axis_any(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
+    """Sliding extreme along one axis: values only, any window (padding, ragged ends)."""
     out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
     n = x.ndim
     ready = w.size_out  # outputs [ready, size_out) hold a value (used by "ignore")
@@ -136,8 +133,8 @@ def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order =
     return out
 
 
-def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype):
-    """Sliding extreme along one axis, carrying winner codes.
+def _argpool_axis_any(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype):
+    """Sliding extreme along one axis, carrying winner codes; any window.
 
     ``codes`` are the codes of ``x`` from earlier stages (None for the first);
     tap ``j`` adds ``j * mult``.  Ties keep the earlier tap; NaN takes the later.
@@ -191,6 +188,97 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
     return out, won
 
 
+def _interior(w: AxisWindow) -> tuple[int, int]:
+    """Outputs [lo, hi) whose every tap lies inside the input."""
+    lo = max(0, -(-w.pad // w.stride))
+    hi = min(w.size_out, (w.size_in - w.span + w.pad) // w.stride + 1)
+    return lo, max(lo, hi)
+
+
+def _split(x, axis: int, w: AxisWindow, out: np.ndarray, interior, edge) -> None:
+    """Fill ``out`` along ``axis``: the interior outputs by the fast ``interior(src_taps, dst)``,
+    the few outputs that touch padding by the general ``edge(x_rows, local_window)``."""
+    n = x.ndim
+    lo, hi = _interior(w)
+    if hi > lo:
+        taps = [x[key] for key in _tap_keys(n, axis, w, slice(lo, hi))]
+        interior(taps, _at(n, axis, slice(lo, hi)))
+    for o0, o1 in ((0, lo), (hi, w.size_out)) if hi > lo else ((0, w.size_out),):
+        if o1 > o0:
+            r0, r1, local = w.slab(o0, o1)
+            edge(x[_at(n, axis, slice(r0, r1))], local, _at(n, axis, slice(o0, o1)))
+
+
+def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
+    """Sliding extreme along one axis: values only (the fast forward path)."""
+    out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
+
+    def interior(taps, rows):
+        dst = out[rows]
+        if len(taps) == 1:
+            np.copyto(dst, taps[0])
+            return
+        order.combine(taps[0], taps[1], out=dst)
+        for src in taps[2:]:
+            order.combine(dst, src, out=dst)
+
+    def edge(rows, local, key):
+        out[key] = _pool_axis_any(rows, axis, local, pad_value, order)
+
+    _split(x, axis, w, out, interior, edge)
+    return out
+
+
+def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype, check_nan: bool = True):
+    """Sliding extreme along one axis, carrying winner codes.
+
+    ``codes`` are the codes of ``x`` from earlier stages (None for the first);
+    tap ``j`` adds ``j * mult``.  Ties keep the earlier tap; NaN takes the later.
+    """
+    shape = _resized(x.shape, axis, w.size_out)
+    out = empty_like_layout(x, shape, x.dtype)
+    won = empty_like_layout(x, shape, dtype)
+    n = x.ndim
+
+    check_nan = check_nan and x.dtype.kind == "f"
+
+    def interior(taps, rows):
+        dst, dst_code = out[rows], won[rows]
+        np.copyto(dst, taps[0])
+        code_taps = None
+        if codes is None:
+            dst_code[...] = 0
+        else:
+            code_taps = [codes[key] for key in _tap_keys(n, axis, w, rows[axis])]
+            np.copyto(dst_code, code_taps[0])
+        for j in range(1, len(taps)):
+            src = taps[j]
+            better = order.beats(src, dst)
+            if check_nan:
+                better |= src != src  # NaN wins, and a later NaN beats an earlier one
+            step = dtype.type(j * mult)
+            candidate = step if code_taps is None else code_taps[j] + step
+            # select without masked ufuncs (slow): unsigned arithmetic wraps, so this is exact
+            dst_code += better * (candidate - dst_code)
+            order.combine(dst, src, out=dst)
+
+    def edge(rows, local, key):
+        r0 = key[axis].start * w.stride - w.pad
+        sub_codes = None if codes is None else codes[_at(n, axis, slice(max(0, r0), max(0, r0) + rows.shape[axis]))]
+        out[key], won[key] = _argpool_axis_any(rows, sub_codes, axis, local, mult, pad_value, order, dtype)
+
+    _split(x, axis, w, out, interior, edge)
+    return out, won
+
+
+def _tap_keys(n: int, axis: int, w: AxisWindow, rows: slice) -> list[tuple]:
+    lo, hi = rows.start, rows.stop
+    return [
+        _at(n, axis, slice(lo * w.stride - w.pad + j * w.dilation, (hi - 1) * w.stride - w.pad + j * w.dilation + 1, w.stride))
+        for j in range(w.kernel)
+    ]
+
+
 def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX) -> np.ndarray:
     """Max (or min) pool one block over ``axes``: values only.
 
@@ -205,9 +293,10 @@ def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order 
 def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, order: Order = MAX):
     """Max (or min) pool one block over ``axes``; returns ``(values, codes)``."""
     dtype = code_dtype(windows)
+    check_nan = x.dtype.kind == "f" and x.size > 0 and bool(np.isnan(x.min()))  # one cheap pass saves one per tap
     codes = None
     for r in (2, 1, 0):
-        x, codes = argpool_axis(x, codes, axes[r], windows[r], mults[r], pad_value, order, dtype)
+        x, codes = argpool_axis(x, codes, axes[r], windows[r], mults[r], pad_value, order, dtype, check_nan)
     return x, codes
 
 
@@ -223,6 +312,9 @@ def unpool(grad: np.ndarray, codes: np.ndarray, axes: Axes, windows: Windows, mu
     """
     n = grad.ndim
     count = windows[0].kernel * windows[1].kernel * windows[2].kernel
+    bits = np.dtype(f"u{grad.dtype.itemsize}")
+    grad_bits = grad.view(bits)
+    overlapping = any(w.overlapping for w in windows)
     for code in reversed(range(count)):
         taps = decode(code, windows, mults)
         src = [slice(None)] * n
@@ -235,7 +327,14 @@ def unpool(grad: np.ndarray, codes: np.ndarray, axes: Axes, windows: Windows, mu
             dst[axes[r]] = windows[r].input_slice(taps[r])
         else:
             src_t, target = tuple(src), out[tuple(dst)]
-            np.add(target, grad[src_t], out=target, where=codes[src_t] == code)
+            # gradient where this tap won, +0.0 elsewhere: a bit mask, not a masked ufunc (slow),
+            # and not a multiply (0 * inf is NaN)
+            mask = np.multiply(codes[src_t] == code, bits.type(-1 % (1 << (8 * bits.itemsize))), dtype=bits)
+            np.bitwise_and(mask, grad_bits[src_t], out=mask)
+            if overlapping:
+                np.add(target, mask.view(grad.dtype), out=target)
+            else:  # every input position belongs to one (output, tap): nothing to add to
+                np.copyto(target, mask.view(grad.dtype))
     return out
 
 

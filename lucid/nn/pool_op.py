@@ -44,13 +44,12 @@ def max_pool3d(
     if not (x.requires_grad or return_indices):
         return Tensor._from_op(tiled.pool(data, axes, windows, pad_value), (x,), None)
 
-    priority = maxpool.default_priority(data, axes)
-    mults = maxpool.code_mults(windows, priority)
+    mults = maxpool.code_mults(windows, (0, 1, 2))  # gradients add up in PyTorch's row-major order
     values, codes = tiled.argpool(data, axes, windows, mults, pad_value)
 
     def backward(g):
         grad_in = np.zeros(data.shape, g.dtype)
-        return (tiled.unpool(g, codes, axes, windows, mults, grad_in, lead=priority[0]),)
+        return (tiled.unpool(g, codes, axes, windows, mults, grad_in, lead=0),)
 
     out = Tensor._from_op(values, (x,), backward)
     if return_indices:
