@@ -1,0 +1,161 @@
+"""Volume I/O for the streaming engine: HDF5, NIfTI and in-memory arrays.
+
+``open_source`` and ``open_sink`` pick the format from the file suffix; the
+engine then only uses the :class:`Source` / :class:`Sink` interface.
+
+>>> src = open_source("ct.nii.gz")                       # doctest: +SKIP
+>>> sink = open_sink("ct_pooled.h5", out_shape, src.dtype, like=src, pooling=spec)  # doctest: +SKIP
+>>> sink.write(box, values); sink.commit()               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from lucid.io.array import ArraySink, ArraySource, check_dtype
+from lucid.io.atomic import AtomicTarget
+from lucid.io.base import Layout, LayoutError, LucidIOError, Sink, Source, VolumeMeta, pooling_matrix
+from lucid.io.layout import default_axes, nifti_axis_order, parse_layout
+
+__all__ = [
+    "open_source",
+    "open_sink",
+    "detect_format",
+    "Source",
+    "Sink",
+    "Layout",
+    "VolumeMeta",
+    "LucidIOError",
+    "LayoutError",
+    "ArraySource",
+    "ArraySink",
+    "HDF5Source",
+    "HDF5Sink",
+    "NiftiSource",
+    "NiftiSink",
+    "AtomicTarget",
+    "parse_layout",
+    "default_axes",
+    "nifti_axis_order",
+    "pooling_matrix",
+    "SUPPORTED_SUFFIXES",
+    "SINK_KINDS",
+]
+
+SUPPORTED_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nii", ".nii.gz")
+SINK_KINDS = ("output", "gradient", "indices")
+_H5_RE = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf))(?::(?P<ds>.*))?$", re.IGNORECASE | re.DOTALL)
+
+
+def __getattr__(name):  # lazy: importing lucid.io does not import h5py/nibabel
+    if name in ("HDF5Source", "HDF5Sink"):
+        from lucid.io import hdf5
+
+        return getattr(hdf5, name)
+    if name in ("NiftiSource", "NiftiSink"):
+        from lucid.io import nifti
+
+        return getattr(nifti, name)
+    raise AttributeError(f"module 'lucid.io' has no attribute {name!r}")
+
+
+def detect_format(path: str | os.PathLike) -> tuple[str, str, str | None]:
+    """``(format, file path, dataset or None)`` from a path's suffix; LucidIOError if unknown.
+
+    ``"scan.h5:/group/data"`` addresses a dataset inside an HDF5 file.
+    """
+    text = os.fspath(path)
+    lower = text.lower()
+    if lower.endswith(".nii") or lower.endswith(".nii.gz"):
+        return "nifti", text, None
+    m = _H5_RE.match(text)
+    if m:
+        ds = m.group("ds") or None
+        return "hdf5", m.group("file"), ds
+    raise LucidIOError(f"{text}: unsupported file type; supported: {', '.join(SUPPORTED_SUFFIXES)} (file.h5:/dataset)")
+
+
+def open_source(path, *, dataset: str | None = None, axes: str | None = None) -> Source:
+    """Open a volume for reading: ``.h5/.hdf5/.hdf`` (``file.h5:/ds``), ``.nii``/``.nii.gz`` or an ndarray.
+
+    Every problem with the file (missing, unreadable, truncated, not a volume,
+    wrong dtype, ...) is a one-line :class:`LucidIOError` naming it.
+    """
+    if isinstance(path, np.ndarray):
+        return ArraySource(path, axes=axes)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"open_source needs a path or a numpy array, got {type(path).__name__}")
+    fmt, file, ds = detect_format(path)
+    if fmt == "nifti":
+        if dataset is not None:
+            raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
+        from lucid.io.nifti import NiftiSource
+
+        return NiftiSource(file, axes=axes)
+    from lucid.io.hdf5 import HDF5Source
+
+    return HDF5Source(file, dataset if dataset is not None else ds, axes=axes)
+
+
+def expected_shape(like: Source, pooling) -> tuple[int, ...]:
+    """The output shape for ``like`` pooled with ``pooling`` (``like.shape`` if None)."""
+    shape = list(like.shape)
+    if pooling is not None:
+        sizes = [like.shape[a] for a in like.layout.pooled]
+        names = tuple(like.layout.axes[a] for a in like.layout.pooled)
+        for a, n in zip(like.layout.pooled, pooling.output_shape(sizes, names)):
+            shape[a] = n
+    return tuple(shape)
+
+
+def open_sink(
+    path,
+    shape,
+    dtype,
+    *,
+    like: Source,
+    pooling=None,
+    kind: str = "output",
+    dataset: str | None = None,
+    compression: str = "gzip",
+    force: bool = False,
+    slab_rows: int | None = None,
+    provenance: dict | None = None,
+    scale: tuple[float, float] | None = None,
+    protect=(),
+) -> Sink:
+    """Open an output volume shaped like ``like`` (same axis order), format by ``path``'s suffix.
+
+    ``pooling=None`` means the input grid (gradient maps); otherwise the grid of
+    ``like`` pooled with that PoolSpec.  ``kind`` is "output", "gradient" or
+    "indices".  ``path`` None (or an ndarray to fill) gives an :class:`ArraySink`.
+    The destination must not exist unless ``force``; it must never be ``like``'s
+    file or one of ``protect``.  ``slab_rows`` is the number of output rows along
+    ``like.slab_axis`` per write (HDF5 chunks divide it).  ``scale`` overrides the
+    NIfTI scl_slope/scl_inter (default: the input's for kind="output", none else).
+    """
+    if kind not in SINK_KINDS:
+        raise ValueError(f"kind must be one of {SINK_KINDS}, got {kind!r}")
+    shape = tuple(int(n) for n in shape)
+    want = expected_shape(like, pooling)
+    if shape != want:
+        raise ValueError(f"output shape {shape} does not match {like.name} {like.shape} pooled: {want}")
+    dtype = np.dtype(dtype)
+    check_dtype(dtype, "output")
+    if path is None or isinstance(path, np.ndarray):
+        return ArraySink(shape, dtype, like=like, kind=kind, out=path)
+    fmt, file, ds = detect_format(path)
+    common = dict(like=like, pooling=pooling, kind=kind, compression=compression, force=force,
+                  slab_rows=slab_rows, provenance=provenance, protect=protect)
+    if fmt == "nifti":
+        from lucid.io.nifti import NiftiSink
+
+        if dataset is not None:
+            raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
+        return NiftiSink(file, shape, dtype, scale=scale, **common)
+    from lucid.io.hdf5 import HDF5Sink
+
+    return HDF5Sink(file, shape, dtype, dataset=dataset if dataset is not None else ds, scale=scale, **common)

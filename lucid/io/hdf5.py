@@ -1,0 +1,691 @@
+"""HDF5 volumes via h5py: ``HDF5Source`` (read-only, slab reads) and ``HDF5Sink``.
+
+Reading
+    Files are opened with mode "r" (many processes may read at once).  The slab
+    axis is the outermost pooled axis unless the dataset's chunks are thinner
+    (relative to the axis length) along another pooled axis: a slab one chunk
+    thick then decompresses each chunk once.  ``chunk_rows`` is the chunk extent
+    along that axis so the planner can align slabs to chunk boundaries.
+
+Chunk cache
+    ``set_cache(nbytes)`` re-opens the dataset through the low-level API with a
+    dataset-access property list whose chunk cache (``rdcc_nbytes``) holds
+    ``nbytes`` plus one chunk, with ``rdcc_nslots`` a prime ~100x the number of
+    chunks that fit and w0 = 1 (fully read chunks are evicted first).  Size it
+    to one slab so a chunk shared by two reads (halo rows, or carried indices
+    read one at a time) is decompressed once.  The file stays open.
+
+Writing
+    ``HDF5Sink`` writes one chunked dataset into a temporary file (see
+    ``lucid.io.atomic``); chunks are one slab-divisor thick along the slab
+    axis, gzip (default level 1, ``"gzip:N"`` for another) + shuffle, or
+    ``"lzf"``, or ``"none"``.  Source attributes and dimension labels are
+    copied; ``element_size_um`` is multiplied by the stride and an ``affine``
+    attribute (4x4, mm) is updated to the output grid; provenance attributes
+    are prefixed ``lucid_``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+
+from lucid.io.atomic import AtomicTarget, is_no_space, no_space_error
+from lucid.io.array import check_dtype, check_shape
+from lucid.io.base import (
+    UNIT_TO_UM,
+    LucidIOError,
+    Sink,
+    Source,
+    VolumeMeta,
+    box_shape,
+    normalize_index,
+    pooling_matrix,
+)
+from lucid.io.layout import parse_layout
+
+SKIP_ATTRS = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME"}
+# rewritten by the sink rather than copied
+COPY_SKIP = {"DIMENSION_LABELS", "element_size_um", "affine", "scl_slope", "scl_inter"}
+KNOWN_FILTERS = {
+    307: "bzip2",
+    32000: "lzf",
+    32001: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32015: "zstd",
+    32017: "SZ",
+    32026: "blosc2",
+}
+
+
+def _short(exc: BaseException) -> str:
+    """The useful part of an h5py error message, on one line."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def open_h5_file(path: str, name: str) -> h5py.File:
+    """Open an HDF5 file read-only, turning every failure into a one-line LucidIOError."""
+    if not os.path.lexists(path):
+        raise LucidIOError(f"{name}: no such file")
+    if not os.path.exists(path):
+        raise LucidIOError(f"{name}: broken symbolic link")
+    if os.path.isdir(path):
+        raise LucidIOError(f"{name}: is a directory, not an HDF5 file")
+    if not os.access(path, os.R_OK):
+        raise LucidIOError(f"{name}: permission denied")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise LucidIOError(f"{name}: file is empty")
+    try:
+        return h5py.File(path, "r")
+    except PermissionError:
+        raise LucidIOError(f"{name}: permission denied") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        text = _short(exc)
+        low = text.lower()
+        if "truncated" in low:
+            raise LucidIOError(f"{name}: truncated HDF5 file ({size} bytes); was it copied completely?") from None
+        if "signature" in low or "not an hdf5" in low:
+            raise LucidIOError(f"{name}: not an HDF5 file (no HDF5 signature found)") from None
+        if "lock" in low:
+            raise LucidIOError(
+                f"{name}: cannot open, the file is locked by a writer "
+                "(set HDF5_USE_FILE_LOCKING=FALSE only if no one is writing it)"
+            ) from None
+        raise LucidIOError(f"{name}: cannot open as HDF5: {text}") from None
+
+
+def list_datasets(f: h5py.File) -> list[tuple[str, tuple[int, ...]]]:
+    found: list[tuple[str, tuple[int, ...]]] = []
+
+    def visit(path, obj):
+        if isinstance(obj, h5py.Dataset):
+            found.append(("/" + path, tuple(obj.shape) if obj.shape is not None else ()))
+
+    try:
+        f.visititems(visit)
+    except Exception:  # pragma: no cover - broken links etc.
+        pass
+    return found
+
+
+def _describe(items) -> str:
+    if not items:
+        return "none"
+    text = ", ".join(f"{p} {'x'.join(map(str, s)) or 'scalar'}" for p, s in items[:20])
+    return text + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+
+
+def select_dataset(f: h5py.File, dataset: str | None, fname: str) -> h5py.Dataset:
+    if dataset is not None:
+        key = dataset if dataset.startswith("/") else "/" + dataset
+        try:
+            obj = f.get(key)
+        except Exception as exc:
+            raise LucidIOError(f"{fname}:{key}: cannot open dataset: {_short(exc)}") from None
+        if obj is None:
+            raise LucidIOError(f"{fname}: no dataset {key} (datasets: {_describe(list_datasets(f))})")
+        if isinstance(obj, h5py.Group):
+            inside = [(p, s) for p, s in list_datasets(f) if p.startswith(key.rstrip("/") + "/")]
+            raise LucidIOError(f"{fname}:{key} is a group, not a dataset (datasets in it: {_describe(inside)})")
+        if not isinstance(obj, h5py.Dataset):  # pragma: no cover
+            raise LucidIOError(f"{fname}:{key} is not a dataset")
+        return obj
+    found = list_datasets(f)
+    candidates = [(p, s) for p, s in found if len(s) >= 3]
+    if len(candidates) == 1:
+        return f[candidates[0][0]]
+    if not candidates:
+        raise LucidIOError(f"{fname}: no dataset with 3 or more dimensions (datasets: {_describe(found)})")
+    raise LucidIOError(
+        f"{fname}: holds {len(candidates)} datasets with 3+ dimensions, name one as "
+        f"{fname}:/path or with --dataset: {_describe(candidates)}"
+    )
+
+
+def _filter_problem(ds: h5py.Dataset) -> str | None:
+    """Name an unavailable filter that stored chunks actually need, else None."""
+    try:
+        dcpl = ds.id.get_create_plist()
+        filters = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+    except Exception:  # pragma: no cover
+        return None
+    missing = [(i, f) for i, f in enumerate(filters) if not h5py.h5z.filter_avail(f[0])]
+    if missing:
+        try:  # hdf5plugin registers blosc, zstd, lz4, ... when imported
+            import hdf5plugin  # noqa: F401
+
+            missing = [(i, f) for i, f in missing if not h5py.h5z.filter_avail(f[0])]
+        except ImportError:
+            pass
+    if not missing:
+        return None
+    try:
+        nchunks = ds.id.get_num_chunks()
+        mask = ds.id.get_chunk_info(0).filter_mask if nchunks else None
+    except Exception:
+        nchunks, mask = 1, 0
+    if not nchunks:
+        return None  # nothing stored: reads give the fill value
+    for i, (code, _flags, _opts, fname) in missing:
+        if not (mask >> i) & 1:  # bit set = filter was skipped for that chunk
+            label = fname.decode(errors="replace") if isinstance(fname, bytes) and fname else KNOWN_FILTERS.get(code, "")
+            label = label or KNOWN_FILTERS.get(code, "unknown")
+            return f"compression filter {code} ({label}) is not available; `pip install hdf5plugin` may provide it"
+    return None
+
+
+def _axes_from_labels(ds: h5py.Dataset) -> str | None:
+    """Single-letter dimension labels that form a valid layout (e.g. "thwc"), else None."""
+    try:
+        labels = [d.label for d in ds.dims]
+    except Exception:  # pragma: no cover
+        return None
+    if not all(isinstance(lab, str) and len(lab) == 1 for lab in labels):
+        return None
+    text = "".join(labels).lower()
+    try:
+        parse_layout(text, ds.ndim, "hdf5")
+    except (LucidIOError, ValueError):
+        return None
+    return text
+
+
+def _next_prime(n: int) -> int:
+    n = max(n, 2)
+    while True:
+        if all(n % p for p in range(2, int(math.isqrt(n)) + 1)):
+            return n
+        n += 1
+
+
+class HDF5Source(Source):
+    """One dataset of an HDF5 file, read in slabs of raw values.
+
+    Axes: ``axes`` if given, else the dataset's dimension labels when they are
+    single letters forming a valid layout (``"thwc"``), else the default for
+    its rank (3-D "dhw", 4-D "cdhw", 5-D "ncdhw").
+    """
+
+    order = "C"
+
+    def __init__(self, path: str | os.PathLike, dataset: str | None = None, *, axes: str | None = None,
+                 name: str | None = None):
+        shown = name or os.fspath(path)
+        self.path = os.path.abspath(os.fspath(path))
+        self.file = open_h5_file(self.path, shown)
+        try:
+            self._init(shown, dataset, axes)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _init(self, shown: str, dataset: str | None, axes: str | None) -> None:
+        ds = select_dataset(self.file, dataset, shown)
+        self.dataset_path = ds.name
+        self.name = f"{shown}:{ds.name}"
+        self._ds = ds
+        if ds.shape is None or ds.ndim < 3:
+            shape = () if ds.shape is None else ds.shape
+            raise LucidIOError(f"{self.name}: a {len(shape)}-D dataset (shape {shape}) cannot be pooled in 3-D")
+        self.shape = tuple(int(n) for n in ds.shape)
+        self.dtype = check_dtype(ds.dtype, self.name)
+        check_shape(self.shape, self.name)
+        problem = _filter_problem(ds)
+        if problem:
+            raise LucidIOError(f"{self.name}: {problem}")
+        if axes is None:
+            axes = _axes_from_labels(ds)
+        try:
+            self.layout = parse_layout(axes, ds.ndim, "hdf5")
+        except LucidIOError as exc:
+            raise type(exc)(f"{self.name}: {exc}") from None
+        self.chunks = tuple(ds.chunks) if ds.chunks else None
+        self._slab_axis = self._pick_slab_axis()
+        self.chunk_rows = int(self.chunks[self._slab_axis]) if self.chunks else 1
+        self.meta = self._read_meta(ds)
+
+    def _pick_slab_axis(self) -> int:
+        pooled = self.layout.pooled
+        if not self.chunks:
+            return pooled[0]
+        # thinnest chunk relative to the axis length; ties go to the outermost axis
+        return min(pooled, key=lambda a: (min(self.chunks[a], self.shape[a]) / self.shape[a], a))
+
+    @property
+    def slab_axis(self) -> int:
+        return self._slab_axis
+
+    def _read_meta(self, ds: h5py.Dataset) -> VolumeMeta:
+        attrs: dict = {}
+        for key in ds.attrs:
+            if key in SKIP_ATTRS:
+                continue
+            try:
+                attrs[key] = ds.attrs[key]
+            except Exception:  # unreadable attribute types: skip
+                continue
+        try:
+            labels = [d.label for d in ds.dims]
+        except Exception:  # pragma: no cover
+            labels = [""] * ds.ndim
+        spacing = unit = None
+        esu = attrs.get("element_size_um")
+        if esu is not None:
+            try:
+                esu = np.asarray(esu, dtype=float).ravel()
+            except (TypeError, ValueError):
+                esu = None
+        if esu is not None and len(esu) in (3, ds.ndim):
+            sel = esu if len(esu) == 3 else esu[list(self.layout.pooled)]
+            if np.all(np.isfinite(sel)) and np.all(sel > 0):
+                spacing, unit = tuple(float(v) for v in sel), "um"
+        affine = None
+        aff = attrs.get("affine")
+        if aff is not None:
+            try:
+                aff = np.asarray(aff, dtype=float)
+                if aff.shape == (4, 4) and np.all(np.isfinite(aff)):
+                    affine = aff
+            except (TypeError, ValueError):
+                pass
+        slope = attrs.get("scl_slope")
+        inter = attrs.get("scl_inter")
+        scale = (1.0, 0.0)
+        try:
+            if slope is not None or inter is not None:
+                s = 1.0 if slope is None else float(np.asarray(slope).ravel()[0])
+                i = 0.0 if inter is None else float(np.asarray(inter).ravel()[0])
+                if math.isfinite(s) and math.isfinite(i) and s != 0:
+                    scale = (s, i)
+        except (TypeError, ValueError, IndexError):
+            pass
+        return VolumeMeta(
+            format="hdf5",
+            spacing=spacing,
+            spacing_unit=unit,
+            affine=affine,
+            scale=scale,
+            extra={"attrs": attrs, "dim_labels": labels, "dataset": ds.name, "chunks": self.chunks,
+                   "compression": ds.compression},
+        )
+
+    def set_cache(self, nbytes: int) -> None:
+        """Re-open the dataset with a chunk cache of ``nbytes`` (+ one chunk); see module doc."""
+        if not self.chunks:
+            return
+        chunk_bytes = int(np.prod(self.chunks)) * self._ds.dtype.itemsize
+        total = int(max(nbytes, 0)) + chunk_bytes
+        nslots = _next_prime(max(521, 100 * (total // chunk_bytes + 1)))
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        dapl.set_chunk_cache(nslots, total, 1.0)
+        dsid = h5py.h5d.open(self.file.id, self.dataset_path.encode(), dapl)
+        self._ds = h5py.Dataset(dsid)
+        self.cache_nbytes = total
+
+    def read(self, index):
+        index = normalize_index(index, self.shape, self.name)
+        out = np.empty(box_shape(index), dtype=self.dtype)
+        if out.size == 0:
+            return out
+        try:
+            self._ds.read_direct(out, source_sel=index)
+        except Exception as exc:
+            raise LucidIOError(f"{self.name}: cannot read box {_fmt_box(index)}: {_short(exc)}") from None
+        return out
+
+    def close(self) -> None:
+        f = getattr(self, "file", None)
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # pragma: no cover
+                pass
+            self.file = None
+
+
+def _fmt_box(index) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in index) + "]"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def parse_compression(compression: str | None, name: str) -> tuple[str | None, int | None]:
+    """'gzip', 'gzip:N', 'lzf', 'none' -> (h5py compression, level)."""
+    text = (compression or "none").strip().lower()
+    if text in ("none", "no", "off", ""):
+        return None, None
+    if text == "lzf":
+        return "lzf", None
+    if text.startswith("gzip"):
+        level = 1
+        rest = text[4:].lstrip(":=-")
+        if rest:
+            try:
+                level = int(rest)
+            except ValueError:
+                level = -1
+            if not 0 <= level <= 9:
+                raise LucidIOError(f"{name}: gzip level must be 0-9, got {compression!r}")
+        return "gzip", level
+    raise LucidIOError(f"{name}: unknown compression {compression!r} (use gzip, gzip:N, lzf or none)")
+
+
+def choose_chunks(shape, itemsize: int, slab_axis: int, slab_rows: int | None, outer_axes=(),
+                  target: int = 1 << 20) -> tuple[int, ...]:
+    """Chunk shape: thickness along ``slab_axis`` divides ``slab_rows``; about ``target`` bytes.
+
+    ``outer_axes`` (carried axes the engine iterates one index at a time) get extent 1.
+    """
+    chunks = [int(n) for n in shape]
+    for a in outer_axes:
+        chunks[a] = 1
+    n_slab = shape[slab_axis]
+    if slab_rows:
+        rows_options = [d for d in range(min(slab_rows, n_slab), 0, -1) if slab_rows % d == 0]
+    else:
+        rows_options = list(range(n_slab, 0, -1))
+    chunks[slab_axis] = 1
+    rest = lambda: int(np.prod(chunks)) * itemsize  # noqa: E731
+    # shrink the other axes (largest first, halving) until one row fits the target
+    while rest() > target:
+        others = [a for a in range(len(shape)) if a != slab_axis and chunks[a] > 1]
+        if not others:
+            break
+        a = max(others, key=lambda i: chunks[i])
+        chunks[a] = -(-chunks[a] // 2)
+    per_row = rest()
+    for rows in rows_options:
+        if rows * per_row <= target or rows == 1:
+            chunks[slab_axis] = rows
+            break
+    return tuple(chunks)
+
+
+def _storable(value):
+    """Make a provenance value storable as an HDF5 attribute."""
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, np.bool_)):
+        return np.bool_(value)
+    if isinstance(value, (str, bytes, int, float, np.generic, np.ndarray)):
+        return value
+    if isinstance(value, (tuple, list)):
+        try:
+            arr = np.asarray(value)
+            if arr.dtype.kind in "iufb":
+                return arr
+        except Exception:
+            pass
+    try:
+        return json.dumps(value, default=str)
+    except Exception:
+        return str(value)
+
+
+def provenance_attrs(like: Source, pooling, kind: str, provenance: dict | None) -> dict:
+    import lucid
+
+    out = {"lucid_version": lucid.__version__, "lucid_kind": kind, "lucid_source": like.name}
+    if pooling is not None:
+        out.update(
+            lucid_kernel=np.asarray(pooling.kernel, dtype=np.int64),
+            lucid_stride=np.asarray(pooling.stride, dtype=np.int64),
+            lucid_padding=np.asarray(pooling.padding, dtype=np.int64),
+            lucid_dilation=np.asarray(pooling.dilation, dtype=np.int64),
+            lucid_padding_mode=pooling.padding_mode,
+            lucid_ceil_mode=np.bool_(pooling.ceil_mode),
+        )
+    for key, value in (provenance or {}).items():
+        key = str(key)
+        out[key if key.startswith("lucid_") else "lucid_" + key] = _storable(value)
+    return out
+
+
+class GuardedFile:
+    """Binary file for h5py's "fileobj" driver that never lets HDF5 see a failed write.
+
+    When a write fails (e.g. ENOSPC) the error is recorded in ``.error`` and later
+    writes are dropped while reporting success, so HDF5 can still close the file
+    cleanly (an HDF5 file whose flush failed cannot be closed and crashes the
+    interpreter at exit).  The sink checks ``.error`` after every write and on
+    commit, and then discards the file.
+    """
+
+    def __init__(self, path):
+        self._f = open(path, "r+b", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                while len(view):
+                    view = view[self._f.write(view):]
+                return n
+            except OSError as exc:
+                self.error = exc
+        self._f.seek(len(view), os.SEEK_CUR)
+        return n
+
+    def readinto(self, buf) -> int:
+        return self._f.readinto(buf)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._f.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self._f.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class HDF5Sink(Sink):
+    """A chunked, compressed HDF5 dataset written box by box into a temporary file."""
+
+    def __init__(self, path, shape, dtype, *, like: Source, pooling=None, kind: str = "output",
+                 dataset: str | None = None, compression: str = "gzip", force: bool = False,
+                 slab_rows: int | None = None, provenance: dict | None = None,
+                 scale: tuple[float, float] | None = None, protect=(), name: str | None = None):
+        shown = name or os.fspath(path)
+        self.scale = scale
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self.kind = kind
+        self.layout = like.layout
+        codec, level = parse_compression(compression, shown)
+        if dataset is None:
+            dataset = getattr(like, "dataset_path", None) or "/data"
+        if not dataset.startswith("/"):
+            dataset = "/" + dataset
+        self.dataset_path = dataset
+        self.name = f"{shown}:{dataset}"
+        expected = None if codec else int(np.prod(self.shape)) * self.dtype.itemsize
+        self.target = AtomicTarget(path, force=force, protect=[like.path, *protect], expected_bytes=expected)
+        self.path = os.fspath(self.target.dest)
+        self.written = 0
+        self.file = None
+        self._guard = None
+        try:
+            self._guard = GuardedFile(self.target.tmp)
+            self.file = h5py.File(self._guard, "w")
+            slab_axis = like.slab_axis
+            # carried axes slower in the source's memory than the slab axis: one index per write
+            if like.order == "F":
+                outer = [a for a in like.layout.carried if a > slab_axis]
+            else:
+                outer = [a for a in like.layout.carried if a < slab_axis]
+            chunks = choose_chunks(self.shape, self.dtype.itemsize, slab_axis, slab_rows, outer)
+            kwargs = {}
+            if codec:
+                kwargs.update(compression=codec, shuffle=self.dtype.itemsize > 1)
+                if level is not None:
+                    kwargs["compression_opts"] = level
+            self.ds = self.file.create_dataset(dataset, shape=self.shape, dtype=self.dtype, chunks=chunks, **kwargs)
+            self._write_metadata(like, pooling, kind, provenance)
+            self.file.flush()
+            self._check_guard()
+        except LucidIOError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            if is_no_space(exc):
+                raise no_space_error(self.name, exc) from None
+            raise LucidIOError(f"{self.name}: cannot create the output: {_short(exc)}") from None
+
+    # -- metadata
+    def _write_metadata(self, like: Source, pooling, kind: str, provenance) -> None:
+        meta = like.meta
+        attrs = self.ds.attrs
+        stride = pooling.stride if pooling is not None else (1, 1, 1)
+        pooled = like.layout.pooled
+        src_attrs = dict(meta.extra.get("attrs", {})) if meta.format == "hdf5" else {}
+        for key, value in src_attrs.items():
+            if key in SKIP_ATTRS or key in COPY_SKIP or key.startswith("lucid_"):
+                continue
+            try:
+                attrs[key] = value
+            except Exception:  # attributes h5py cannot write back (references, ...)
+                pass
+        # spacing
+        esu = src_attrs.get("element_size_um")
+        written = False
+        if esu is not None:
+            try:
+                arr = np.asarray(esu, dtype=float).ravel().copy()
+                if len(arr) == 3:
+                    arr = arr * np.asarray(stride, dtype=float)
+                    written = True
+                elif len(arr) == len(self.shape):
+                    for j, a in enumerate(pooled):
+                        arr[a] *= stride[j]
+                    written = True
+                if written:
+                    attrs["element_size_um"] = arr
+            except (TypeError, ValueError):
+                pass
+        if not written and esu is not None:
+            attrs["element_size_um"] = esu
+        if not written and meta.spacing is not None and meta.spacing_unit in UNIT_TO_UM:
+            um = np.asarray(meta.spacing, dtype=float) * UNIT_TO_UM[meta.spacing_unit] * np.asarray(stride, dtype=float)
+            attrs["element_size_um"] = um
+        # affine (always in mm)
+        if meta.affine is not None:
+            aff = np.array(meta.affine, dtype=float)
+            factor = UNIT_TO_UM.get(meta.spacing_unit or "mm", 1e3) / 1e3
+            aff[:3, :] *= factor
+            aff[3] = (0, 0, 0, 1)
+            if pooling is not None:
+                aff = aff @ pooling_matrix(pooling)
+            attrs["affine"] = aff
+        elif "affine" in src_attrs:  # kept as it was if it was not a usable 4x4
+            try:
+                attrs["affine"] = src_attrs["affine"]
+            except Exception:  # pragma: no cover
+                pass
+        scale = self.scale if self.scale is not None else (meta.scale if kind == "output" else (1.0, 0.0))
+        if tuple(scale) != (1.0, 0.0):
+            attrs["scl_slope"], attrs["scl_inter"] = float(scale[0]), float(scale[1])
+        else:
+            for key in ("scl_slope", "scl_inter"):
+                if key in attrs:
+                    del attrs[key]
+        # dimension labels
+        labels = list(meta.extra.get("dim_labels") or [])
+        if len(labels) != len(self.shape) or not any(labels):
+            labels = list(like.layout.axes) if meta.format != "hdf5" else []
+        for i, label in enumerate(labels):
+            if label:
+                self.ds.dims[i].label = label
+        for key, value in provenance_attrs(like, pooling, kind, provenance).items():
+            attrs[key] = value
+
+    # -- data
+    def write(self, index, data) -> None:
+        if not self.target.active:
+            raise LucidIOError(f"{self.name}: write after {'commit' if self.target.committed else 'abort'}")
+        index = normalize_index(index, self.shape, self.name)
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        if data.shape != box_shape(index):
+            raise ValueError(f"{self.name}: data of shape {data.shape} for box of shape {box_shape(index)}")
+        if data.size == 0:
+            return
+        try:
+            self.ds.write_direct(data, dest_sel=index)
+        except Exception as exc:
+            self.abort()
+            if is_no_space(exc):
+                raise no_space_error(self.name, exc) from None
+            raise LucidIOError(f"{self.name}: cannot write box {_fmt_box(index)}: {_short(exc)}") from None
+        self.written += data.size
+        self._check_guard()
+
+    def _check_guard(self) -> None:
+        exc = self._guard.error if self._guard is not None else None
+        if exc is None:
+            return
+        self.abort()
+        if is_no_space(exc):
+            raise no_space_error(self.name, exc)
+        raise LucidIOError(f"{self.name}: cannot write the output: {_short(exc)}")
+
+    def commit(self) -> None:
+        if self.target.committed:
+            return
+        if self.target.aborted:
+            raise LucidIOError(f"{self.name}: cannot commit an aborted output")
+        total = int(np.prod(self.shape, dtype=np.int64))
+        if self.written < total:
+            self.abort()
+            raise LucidIOError(f"{self.name}: incomplete output: {self.written} of {total} values written")
+        try:
+            self.file.close()
+            self.file = None
+        except Exception as exc:
+            self.abort()
+            if is_no_space(exc):
+                raise no_space_error(self.name, exc) from None
+            raise LucidIOError(f"{self.name}: cannot finish the output: {_short(exc)}") from None
+        self._check_guard()
+        self._guard.close()
+        self._guard = None
+        self.target.commit()
+
+    def abort(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()  # cannot fail on I/O: the GuardedFile swallows write errors
+            except Exception:  # pragma: no cover
+                pass
+            self.file = None
+        if self._guard is not None:
+            try:
+                self._guard.close()
+            except OSError:  # pragma: no cover
+                pass
+            self._guard = None
+        self.target.abort()
