@@ -338,8 +338,13 @@ def unpool(grad: np.ndarray, codes: np.ndarray, axes: Axes, windows: Windows, mu
     return out
 
 
-def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults) -> np.ndarray:
-    """PyTorch's ``return_indices``: flat int64 index into D*H*W of every winner, -1 in padding."""
+def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults, origin=(0, 0, 0), sizes=None) -> np.ndarray:
+    """PyTorch's ``return_indices``: flat int64 index into D*H*W of every winner, -1 in padding.
+
+    For a block of a larger volume, ``origin`` is the block's first input row
+    per pooled axis and ``sizes`` the volume's sizes.
+    """
+    sizes = sizes or [w.size_in for w in windows]
     flat = np.zeros(codes.shape, np.int64)
     inside = np.ones(codes.shape, bool)
     c = codes.astype(np.int64)
@@ -348,5 +353,5 @@ def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults) -> np.n
         o = np.arange(w.size_out).reshape([-1 if b == a else 1 for b in range(codes.ndim)])
         pos = o * w.stride - w.pad + ((c // mults[r]) % w.kernel) * w.dilation
         inside &= (pos >= 0) & (pos < w.size_in)
-        flat = flat * w.size_in + pos
+        flat = flat * sizes[r] + pos + origin[r]
     return np.where(inside, flat, -1)
