@@ -189,6 +189,33 @@ def test_nii_gz_slabs_keep_the_file_open(tmp_path):
     assert opener.closed
 
 
+def test_nii_gz_overlapping_halo_reads_never_rewind(tmp_path, monkeypatch):
+    """Slabs that share rows (kernel > stride) are served from the kept rows, not by seeking back."""
+    import _compression
+
+    data = RNG.integers(0, 60000, (32, 16, 40, 2)).astype(np.uint16)
+    path = save(tmp_path / "halo.nii.gz", data)
+    rewinds = []
+    real = _compression.DecompressReader._rewind
+    monkeypatch.setattr(_compression.DecompressReader, "_rewind", lambda self: rewinds.append(1) or real(self))
+    src = open_source(path)
+    for t in range(2):
+        for z in range(0, 40, 4):  # rows [z-2, z+4): a halo of 2
+            lo, hi = max(0, z - 2), min(40, z + 4)
+            box = (slice(0, 32), slice(0, 16), slice(lo, hi), slice(t, t + 1))
+            got = src.read(box)
+            assert np.array_equal(got, data[box])
+            got[...] = 0  # the caller owns the array: the kept rows are a copy
+    assert rewinds == []
+    src.set_cache(0)  # keeps at least one row
+    box = (slice(0, 32), slice(0, 16), slice(39, 40), slice(1, 2))
+    assert np.array_equal(src.read(box), data[box]) and rewinds == []
+    # a box outside the kept rows is still read correctly (by seeking back)
+    box = (slice(0, 32), slice(0, 16), slice(0, 3), slice(0, 1))
+    assert np.array_equal(src.read(box), data[box])
+    src.close()
+
+
 # ------------------------------------------------------------ geometry
 
 

@@ -160,11 +160,47 @@ class NiftiSource(Source):
     def slab_axis(self) -> int:
         return self.layout.pooled[-1]
 
+    def set_cache(self, nbytes: int) -> None:
+        """Bytes of already-read rows kept to serve overlapping (halo) reads of a ``.nii.gz``."""
+        self.tail_nbytes = max(0, int(nbytes))
+
+    # A gzip stream can only be read forward: seeking back (re-reading the halo rows
+    # shared by two slabs) restarts decompression at the start of the file.  So for
+    # .nii.gz the rows of the last read along the slab axis are kept (up to
+    # tail_nbytes, at least one row), and a read that starts inside them is served
+    # from them plus a forward read of the new rows.
+    tail_nbytes = 64 << 20
+    _tail = None  # (key, start, stop, array)
+
     def read(self, index):
         index = normalize_index(index, self.shape, self.name)
         shape = box_shape(index)
         if 0 in shape:
             return np.empty(shape, self.dtype)
+        if not self.gzipped:
+            return self._read_file(index)
+        sa = self.slab_axis
+        key = tuple(s for a, s in enumerate(index) if a != sa)
+        start, stop = index[sa].start, index[sa].stop
+        tail = self._tail
+        if tail is not None and tail[0] == key and tail[1] <= start < tail[2]:
+            _, t0, t1, arr = tail
+            cached = min(stop, t1) - start
+            out = np.empty(shape, self.dtype, order="F")
+            out[_rows(sa, 0, cached)] = arr[_rows(sa, start - t0, start - t0 + cached)]
+            if stop > t1:
+                rest = list(index)
+                rest[sa] = slice(t1, stop)
+                out[_rows(sa, cached, stop - start)] = self._read_file(tuple(rest))
+        else:
+            out = self._read_file(index)
+        # keep a copy of the rows just read (up to tail_nbytes, at least one row)
+        row_bytes = max(1, out.nbytes // (stop - start))
+        keep = max(1, min(stop - start, self.tail_nbytes // row_bytes))
+        self._tail = (key, stop - keep, stop, out[_rows(sa, stop - start - keep, stop - start)].copy(order="K"))
+        return out
+
+    def _read_file(self, index):
         try:
             out = np.asarray(self._proxy[index])
         except Exception as exc:
@@ -186,9 +222,14 @@ class NiftiSource(Source):
                 except Exception:  # pragma: no cover
                     pass
             self._proxy = None
+        self._tail = None
 
 
 # ---------------------------------------------------------------- writing
+
+
+def _rows(axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    return (slice(None),) * axis + (slice(start, stop),)
 
 
 def _gzip_level(compression: str | None, name: str) -> int:
