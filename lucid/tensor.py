@@ -36,6 +36,11 @@ class Tensor:
         self._backward: BackwardFn | None = None
 
     @classmethod
+    def _wrap(cls, data: np.ndarray) -> "Tensor":
+        """A leaf around ``data`` without copying it (internal: results the caller owns)."""
+        return cls._from_op(data, (), None)
+
+    @classmethod
     def _from_op(cls, data: np.ndarray, parents: Iterable["Tensor"], backward: BackwardFn) -> "Tensor":
         """Wrap an op's result; record the graph only when a parent needs gradients."""
         out = cls.__new__(cls)
@@ -97,7 +102,7 @@ class Tensor:
             seed = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
             if seed.shape != self.shape:
                 raise ValueError(f"backward: gradient shape {seed.shape} does not match output shape {self.shape}")
-            seed = seed.astype(self.dtype, copy=False)
+            seed = seed.astype(self.dtype)  # a copy: .grad must not alias the caller's array
 
         order: list[Tensor] = []
         seen: set[int] = set()
@@ -119,7 +124,7 @@ class Tensor:
             if g is None:
                 continue
             if node._backward is None:  # a leaf
-                node.grad = Tensor(g) if node.grad is None else Tensor(node.grad.data + g)
+                node.grad = Tensor._wrap(g) if node.grad is None else Tensor._wrap(node.grad.data + g)
                 continue
             for parent, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not parent.requires_grad:

@@ -29,7 +29,7 @@ def max_pool3d(
     padding sends its gradient nowhere.  With ``return_indices`` also returns
     flat int64 indices into D*H*W (-1 for a maximum in the zero padding).
     """
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = input if isinstance(input, Tensor) else Tensor._wrap(np.asarray(input))  # read-only use: no copy
     data = x.data
     if data.ndim not in (4, 5):
         raise ValueError(f"max_pool3d expects a 4-D (C, D, H, W) or 5-D (N, C, D, H, W) input, got shape {data.shape}")
@@ -53,5 +53,5 @@ def max_pool3d(
 
     out = Tensor._from_op(values, (x,), backward)
     if return_indices:
-        return out, Tensor(maxpool.flat_indices(codes, axes, windows, mults))
+        return out, Tensor._wrap(maxpool.flat_indices(codes, axes, windows, mults))
     return out
