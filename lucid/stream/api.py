@@ -217,6 +217,15 @@ def padding_rule(source: Source, padding_mode: str):
 
 
 def peak_memory_mib() -> float:
+    """Peak resident memory of this process (Linux: VmHWM, which unlike ru_maxrss
+    does not carry over the parent's peak across fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 

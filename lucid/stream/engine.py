@@ -158,8 +158,8 @@ def run(
                 origin[plan.slab_r] = job.slab.in_rows[0]
                 emit(indices_out, out_key, maxpool.flat_indices(codes, plan.pooled, windows, mults, origin, sizes))
             if carry is not None:
-                grad = np.ones(values.shape, grad_dtype) if job.grad is None else _as_gradient(job.grad, grad_dtype)
-                carry.add(job.outer, job.slab, grad, codes, windows, mults, threads)
+                grad = _gradient_like(values, job.grad, grad_dtype)
+                carry.add(job.outer, job.slab, grad, codes, windows, mults, threads, like=job.data)
             stats.slabs += 1
             if progress is not None:
                 progress(stats.slabs, total, stats.bytes_read)
@@ -196,14 +196,15 @@ class _Carry:
         shape[self.plan.slab_axis] = rows
         return shape
 
-    def add(self, outer, slab: Slab, grad, codes, windows, mults, threads) -> None:
+    def add(self, outer, slab: Slab, grad, codes, windows, mults, threads, like: np.ndarray) -> None:
         if outer != self.outer:
             self.finish()
             self.outer, self.rows, self.written, self.buffer = outer, (0, 0), 0, None
         r0, r1 = slab.in_rows
         self._flush(r0)
         axis = self.plan.slab_axis
-        buffer = np.zeros(self._shape(r1 - r0), self.dtype)
+        buffer = maxpool.empty_like_layout(like, self._shape(r1 - r0), self.dtype)  # kernels are slow on mixed layouts
+        buffer[...] = 0
         if self.buffer is not None and self.rows[1] > r0:  # rows shared with the previous slab
             keep = slice(r0 - self.rows[0], self.rows[1] - self.rows[0])
             buffer[_along(axis, slice(0, self.rows[1] - r0))] = self.buffer[_along(axis, keep)]
@@ -246,8 +247,14 @@ def _cast(values: np.ndarray, dtype: np.dtype, sink: Sink) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _as_gradient(grad: np.ndarray, dtype) -> np.ndarray:
-    return grad.astype(dtype, copy=False)
+def _gradient_like(values: np.ndarray, grad: np.ndarray | None, dtype) -> np.ndarray:
+    """The upstream gradient in ``values``' memory layout (ones when none is given)."""
+    out = maxpool.empty_like_layout(values, values.shape, dtype)
+    if grad is None:
+        out[...] = 1
+    else:
+        np.copyto(out, grad, casting="unsafe")
+    return out
 
 
 def _padding_won(data, axes, windows, pad_value, order, values) -> bool:

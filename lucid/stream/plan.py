@@ -19,6 +19,7 @@ from lucid.kernels.maxpool import code_dtype
 from lucid.kernels.windows import AxisWindow, PoolSpec
 
 MiB = 1 << 20
+PIPELINE_SLAB_BYTES = 16 * MiB  # input bytes per slab when the budget allows more: keeps the reader, the kernels and the writer busy at once
 
 
 class MemoryLimitError(ValueError):
@@ -147,6 +148,8 @@ def plan_slabs(
         return total
 
     rows = _largest_fitting(estimate, w.size_out, memory_limit)
+    per_row = max(1, w.stride * in_plane * in_itemsize)
+    rows = min(rows, max(1, PIPELINE_SLAB_BYTES // per_row))
     if rows == 0:
         need = estimate(1)
         raise MemoryLimitError(
