@@ -124,6 +124,7 @@ def test_big_endian_input(tmp_path):
     data = RNG.integers(-500, 500, (9, 8, 7)).astype(np.int16)
     hdr = nib.Nifti1Header(endianness=">")
     hdr.set_data_dtype(np.int16)
+    hdr.extensions.append(nib.nifti1.Nifti1Extension("comment", b"big-endian extension"))
     path = save(tmp_path / "be.nii", data, oblique(), header=hdr, slope_inter=(2.0, 5.0))
     assert nib.load(path).header.endianness == ">"
     src = open_source(path)
@@ -136,6 +137,7 @@ def test_big_endian_input(tmp_path):
     assert np.array_equal(raw_of(tmp_path / "out.nii.gz"), pool_ks(data, (0, 1, 2), 2))
     assert (out.dataobj.slope, out.dataobj.inter) == (2.0, 5.0)
     assert np.allclose(out.affine, oblique() @ pooling_matrix(PoolSpec.create(2, 2)), atol=1e-5)
+    assert [e.get_content() for e in out.header.extensions] == [b"big-endian extension"]
 
 
 def test_nifti2_input_gives_nifti2_output(tmp_path):

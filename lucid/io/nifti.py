@@ -143,12 +143,12 @@ class NiftiSource(Source):
             space_unit = "unknown"
         affine = None
         if pooled == (0, 1, 2):
-            try:
-                s_aff, s_code = hdr.get_sform(coded=True)
-                q_aff, q_code = hdr.get_qform(coded=True)
-                affine = s_aff if s_code > 0 else (q_aff if q_code > 0 else None)
-            except Exception:  # invalid qform fields: no trustworthy affine
-                affine = None
+            affine, s_code = hdr.get_sform(coded=True)
+            if s_code == 0:
+                try:
+                    affine, _ = hdr.get_qform(coded=True)  # None when qform_code is 0
+                except Exception:  # invalid qform fields (negative pixdim, bad qfac)
+                    affine = None
         return VolumeMeta(
             format="nifti",
             spacing=spacing,
@@ -354,7 +354,9 @@ class NiftiSink(Sink):
             hdr["magic"] = hdr.single_magic
         hdr["magic"] = hdr.single_magic
         if hdr.endianness != NATIVE:
-            hdr = hdr.as_byteswapped(NATIVE)
+            extensions = list(hdr.extensions)
+            hdr = hdr.as_byteswapped(NATIVE)  # drops the extensions: put them back
+            hdr.extensions[:] = extensions
         old_zooms = list(src.get_zooms())
         s_aff, s_code = src.get_sform(coded=True)
         try:
