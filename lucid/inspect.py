@@ -1,0 +1,196 @@
+"""``describe(path)``: what a volume file holds, as a JSON-ready dict (``lucid info``).
+
+Everything comes from headers and attributes; no voxel data is read.
+
+>>> info = describe("sample_data/video_clip.h5")      # doctest: +SKIP
+>>> info["volume"]["shape"], info["volume"]["axes"]   # doctest: +SKIP
+([32, 64, 64, 3], 'thwc')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from lucid.io import LucidIOError, detect_format, open_source
+from lucid.io.base import Source
+
+__all__ = ["describe", "jsonable"]
+
+
+def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | None = None) -> dict[str, Any]:
+    """Describe a NIfTI or HDF5 file (``file.h5:/ds`` or ``dataset`` picks an HDF5 dataset).
+
+    Returns ``{"path", "format", "file_bytes", "datasets", "volume", "note"}``:
+    ``datasets`` lists every HDF5 dataset (None for NIfTI); ``volume`` describes
+    the array ``pool3d_file`` would read (shape, dtype, axes, spacing, affine,
+    scale, plus HDF5 storage or NIfTI header fields), or is None when an HDF5
+    file holds no single 3+-D dataset to pick, which ``note`` then explains.
+    Raises :class:`LucidIOError` for unreadable files or a bad dataset/axes.
+    """
+    fmt, file, ds_from_path = detect_format(path)
+    if dataset is None:
+        dataset = ds_from_path
+    if not os.path.isfile(file):
+        open_source(path, dataset=dataset, axes=axes)  # raises the library's one-line error
+    info: dict[str, Any] = {
+        "path": file,
+        "format": fmt,
+        "file_bytes": os.path.getsize(file),
+        "datasets": None,
+        "volume": None,
+        "note": None,
+    }
+    if fmt == "hdf5":
+        info["datasets"] = _hdf5_datasets(file)
+        candidates = [d for d in info["datasets"] if len(d["shape"]) >= 3]
+        if dataset is None and len(candidates) != 1:
+            info["note"] = (
+                f"no dataset with 3 or more dimensions to pool in {file}" if not candidates else
+                f"{len(candidates)} datasets with 3+ dimensions: name one as {file}:/path or with --dataset"
+            )
+            return jsonable(info)
+    with open_source(file, dataset=dataset, axes=axes) as source:
+        volume = _volume(source)
+        if fmt == "hdf5":
+            volume.update(_hdf5_storage(file, source.dataset_path))
+        else:
+            volume.update(_nifti_header(source))
+    info["volume"] = volume
+    return jsonable(info)
+
+
+def _volume(source: Source) -> dict[str, Any]:
+    layout, meta = source.layout, source.meta
+    slope, inter = meta.scale
+    return {
+        "name": source.name,
+        "shape": list(source.shape),
+        "dtype": str(source.dtype),
+        "nbytes": source.nbytes,
+        "axes": layout.axes,
+        "pooled_axes": layout.pooled_letters,
+        "carried_axes": "".join(layout.axes[a] for a in layout.carried),
+        "slab_axis": layout.axes[source.slab_axis],
+        "spacing": None if meta.spacing is None else [float(v) for v in meta.spacing],
+        "spacing_unit": meta.spacing_unit,
+        "affine": None if meta.affine is None else np.asarray(meta.affine, float).tolist(),
+        "scl_slope": float(slope),
+        "scl_inter": float(inter),
+    }
+
+
+def _hdf5_datasets(file: str) -> list[dict[str, Any]]:
+    import h5py
+
+    from lucid.io.hdf5 import open_h5_file
+
+    found: list[dict[str, Any]] = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append({
+                "path": "/" + name,
+                "shape": list(obj.shape) if obj.shape is not None else [],
+                "dtype": str(obj.dtype),
+                "chunks": None if obj.chunks is None else list(obj.chunks),
+                "compression": obj.compression,
+            })
+
+    with open_h5_file(file, file) as f:
+        try:
+            f.visititems(visit)
+        except Exception as exc:  # broken links, unreadable objects
+            raise LucidIOError(f"{file}: cannot list datasets: {' '.join(str(exc).split())}") from None
+    return found
+
+
+def _hdf5_storage(file: str, dataset: str) -> dict[str, Any]:
+    from lucid.io.hdf5 import SKIP_ATTRS, open_h5_file
+
+    with open_h5_file(file, file) as f:
+        ds = f[dataset]
+        attrs = {}
+        for key in ds.attrs:
+            if key in SKIP_ATTRS or key == "DIMENSION_LABELS":  # labels are in dim_labels
+                continue
+            try:
+                attrs[key] = ds.attrs[key]
+            except Exception:  # attribute types h5py cannot read
+                attrs[key] = "<unreadable>"
+        try:
+            labels = [d.label for d in ds.dims]
+        except Exception:  # pragma: no cover
+            labels = []
+        return {
+            "dataset": ds.name,
+            "chunks": None if ds.chunks is None else list(ds.chunks),
+            "compression": ds.compression,
+            "compression_opts": ds.compression_opts,
+            "shuffle": bool(ds.shuffle),
+            "fillvalue": ds.fillvalue,
+            "dim_labels": labels,
+            "element_size_um": attrs.get("element_size_um"),
+            "attrs": attrs,
+        }
+
+
+def _nifti_header(source: Source) -> dict[str, Any]:
+    hdr = source.header  # NiftiSource keeps its header
+    sform, scode = hdr.get_sform(coded=True)
+    try:
+        qform, qcode = hdr.get_qform(coded=True)
+    except Exception:  # invalid quaternion fields
+        qform, qcode = None, int(hdr["qform_code"])
+    freq, phase, slc = hdr.get_dim_info()
+    space, time = hdr.get_xyzt_units()
+    intent = hdr.get_intent()
+    return {
+        "nifti_version": source.meta.extra.get("nifti_version", 1),
+        "datatype": str(hdr.get_value_label("datatype")),
+        "zooms": [float(z) for z in hdr.get_zooms()],
+        "xyzt_units": [space, time],
+        "qform_code": int(qcode),
+        "qform_code_name": str(hdr.get_value_label("qform_code")),
+        "qform": None if qform is None or qcode == 0 else np.asarray(qform, float).tolist(),
+        "sform_code": int(scode),
+        "sform_code_name": str(hdr.get_value_label("sform_code")),
+        "sform": None if scode == 0 else np.asarray(sform, float).tolist(),
+        "dim_info": {"freq": freq, "phase": phase, "slice": slc},
+        "slice_code": int(hdr["slice_code"]),
+        "slice_duration": float(hdr["slice_duration"]),
+        "toffset": float(hdr["toffset"]),
+        "intent": {"code": intent[0], "params": list(intent[1]), "name": intent[2]},
+        "cal_min": float(hdr["cal_min"]),
+        "cal_max": float(hdr["cal_max"]),
+        "descrip": _text(hdr["descrip"]),
+        "vox_offset": int(source.offset),
+        "extensions": len(hdr.extensions),
+    }
+
+
+def _text(value) -> str:
+    raw = value.item() if isinstance(value, np.ndarray) else value
+    return raw.decode("latin-1").rstrip("\0") if isinstance(raw, bytes) else str(raw)
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types from numpy scalars/arrays, bytes and tuples; non-finite floats become None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.generic,)):
+        return jsonable(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
