@@ -18,12 +18,12 @@ Padding.  ``pad_value`` is the value padded positions take part with
 (0 for ``padding_mode="zeros"``), or None: padding never wins ("ignore").
 A winner in the padding sends its gradient nowhere and has flat index -1.
 
-Backward.  ``unpool`` visits the codes from last to first.  With ``mults``
-from ``code_mults(priority)``, every input position then receives its
-contributions in ascending output order along ``priority`` (outermost
-first), one float addition at a time: the order of PyTorch's loop for
-``priority=(0, 1, 2)``, and the order a streaming engine gets when it
-accumulates slab after slab along ``priority[0]``.
+Backward.  ``unpool`` turns codes into flat indices and adds with
+``np.add.at``, which adds one element at a time in index-array order.  Listing
+outputs by ``priority`` (the axis order of ``code_mults(priority)``), every
+input position receives its contributions in ascending output order: the
+order of PyTorch's loop for ``priority=(0, 1, 2)``, and the order a streaming
+engine gets when it accumulates slab after slab along ``priority[0]``.
 """
 
 from __future__ import annotations
@@ -337,32 +337,68 @@ def unpool(grad: np.ndarray, codes: np.ndarray, axes: Axes, windows: Windows, mu
     ``out`` spans the windows' input rows and may hold partial sums from
     earlier outputs (a carry buffer); taps outside it are dropped.
     """
+    if out.flags.c_contiguous or out.flags.f_contiguous:
+        return _unpool_flat(grad, codes, axes, windows, mults, out)
+    dense = np.ascontiguousarray(out)
+    out[...] = _unpool_flat(grad, codes, axes, windows, mults, dense)
+    return out
+
+
+def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray) -> np.ndarray:
+    """Scatter through flat indices with ``np.add.at``, which adds in index-array order.
+
+    Outputs are listed most significant axis first (from ``mults``), so every
+    position receives its contributions in ascending output order."""
     n = grad.ndim
     count = windows[0].kernel * windows[1].kernel * windows[2].kernel
-    bits = np.dtype(f"u{grad.dtype.itemsize}")
-    grad_bits = grad.view(bits)
-    overlapping = any(w.overlapping for w in windows)
-    for code in reversed(range(count)):
-        taps = decode(code, windows, mults)
-        src = [slice(None)] * n
-        dst = [slice(None)] * n
-        for r in range(3):
-            lo, hi = windows[r].tap_range(taps[r])
-            if hi <= lo:
-                break
-            src[axes[r]] = slice(lo, hi)
-            dst[axes[r]] = windows[r].input_slice(taps[r])
+    step = [stride // out.itemsize for stride in out.strides]
+    index_type = np.int32 if out.size < 2**31 else np.int64
+    priority = sorted(range(3), key=lambda r: -mults[r])
+    perm = [a for a in range(n) if a not in axes] + [axes[r] for r in priority]
+    codes_t = codes.transpose(perm)
+    origin = np.zeros((1,) * n, index_type)  # flat index of each output's window origin
+    for i, a in enumerate(perm):
+        if a in axes:
+            w = windows[axes.index(a)]
+            coord = np.arange(w.size_out, dtype=index_type) * w.stride - w.pad
         else:
-            src_t, target = tuple(src), out[tuple(dst)]
-            # gradient where this tap won, +0.0 elsewhere: a bit mask, not a masked ufunc (slow),
-            # and not a multiply (0 * inf is NaN)
-            mask = np.multiply(codes[src_t] == code, bits.type(-1 % (1 << (8 * bits.itemsize))), dtype=bits)
-            np.bitwise_and(mask, grad_bits[src_t], out=mask)
-            if overlapping:
-                np.add(target, mask.view(grad.dtype), out=target)
-            else:  # every input position belongs to one (output, tap): nothing to add to
-                np.copyto(target, mask.view(grad.dtype))
+            coord = np.arange(grad.shape[a], dtype=index_type)
+        origin = origin + (coord * step[a]).reshape([-1 if b == i else 1 for b in range(n)])
+    offset = np.zeros(count, index_type)  # and of each code's winner from there
+    for code in range(count):
+        taps = decode(code, windows, mults)
+        offset[code] = sum(taps[r] * windows[r].dilation * step[axes[r]] for r in range(3))
+    flat = (origin + np.take(offset, codes_t)).ravel()
+    values = grad.transpose(perm).ravel()
+    keep = _winners_inside(codes, axes, windows, mults)
+    if keep is not None:
+        keep = keep.transpose(perm).ravel()
+        flat, values = flat[keep], values[keep]
+    np.add.at(out.reshape(-1, order="A"), flat, values)
     return out
+
+
+def _winners_inside(codes, axes: Axes, windows: Windows, mults) -> np.ndarray | None:
+    """Which outputs' winners lie inside ``out`` (None: all of them, the usual case).
+
+    Only outputs whose windows reach past the rows (padding, or rows another
+    block owns) can have a winner outside, so only those are checked."""
+    keep = None
+    for r, w in enumerate(windows):
+        lo, hi = _interior(w)
+        for o0, o1 in ((0, lo), (hi, w.size_out)) if hi > lo else ((0, w.size_out),):
+            if o1 <= o0:
+                continue
+            key = _at(codes.ndim, axes[r], slice(o0, o1))
+            tap = (codes[key] // codes.dtype.type(mults[r])) % codes.dtype.type(w.kernel)
+            o = np.arange(o0, o1).reshape([-1 if b == axes[r] else 1 for b in range(codes.ndim)])
+            pos = o * w.stride - w.pad + tap.astype(np.int64) * w.dilation
+            inside = (pos >= 0) & (pos < w.size_in)
+            if not inside.all():
+                if keep is None:
+                    keep = np.ones(codes.shape, bool)
+                keep[key] &= inside
+    return keep
 
 
 def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults, origin=(0, 0, 0), sizes=None) -> np.ndarray:
