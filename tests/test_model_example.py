@@ -15,7 +15,7 @@ import lucid
 import lucid.nn as nn
 from lucid import Tensor
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "maxpool3d_model.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "lucid" / "examples" / "maxpool3d_model.py"
 NUMBER = re.compile(r"[-+]?\d+\.\d*(?:e[-+]?\d+)?")
 
 
@@ -124,7 +124,7 @@ def test_seed_input_as_written_fails_with_a_clear_error():
 
 @pytest.fixture(scope="module")
 def script_output() -> str:
-    result = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "lucid.examples.maxpool3d_model"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -5,7 +5,7 @@ Corrected from the specification: the input has 2 channels to match
 keeps 2x2x2, MaxPool3d (k=2, s=2) gives 1x1x1, so the Linear layer sees
 4 * 1 * 1 * 1 features and the output has shape (1, 1).
 
-Run:  python examples/maxpool3d_model.py
+Run:  python -m lucid.examples.maxpool3d_model
 """
 
 import numpy as np

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m lucid.examples.maxpool3d_model``."""
