@@ -1,7 +1,8 @@
 """Streaming benchmark: lucid pool3d_file against plain h5py/nibabel I/O, side by side in one run.
 
 For a 512^3 float32 HDF5 (uncompressed) and a 512^3 int16 .nii it times
-  baseline  read the whole input slab by slab and write an output of the pooled size (h5py / nibabel)
+  baseline  read the whole input slab by slab and write an output of the pooled size (h5py / nibabel),
+            fsync'ed like lucid's outputs
   forward   lucid k=2 s=2 streaming forward
   backward  lucid forward + gradient map (ones upstream)
 and, in a child process each, the peak RSS of a forward run whose input is 8x its memory limit.
@@ -47,6 +48,15 @@ def make_inputs(folder: str, n: int) -> tuple[str, str]:
     return h5_path, nii_path
 
 
+def fsynced(path: str) -> None:
+    """lucid fsyncs every output before renaming it into place; so does this baseline."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def baseline_h5(src: str, dst: str, n: int) -> None:
     m = n // 2
     with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
@@ -55,6 +65,7 @@ def baseline_h5(src: str, dst: str, n: int) -> None:
         for z in range(0, n, SLAB):
             block = ds_in[z : z + SLAB]
             ds_out[z // 2 : (z + SLAB) // 2] = block[::2, ::2, ::2]  # stand-in for a result: no pooling cost
+    fsynced(dst)
 
 
 def baseline_nii(src: str, dst: str, n: int) -> None:
@@ -64,6 +75,7 @@ def baseline_nii(src: str, dst: str, n: int) -> None:
     for z in range(0, n, SLAB):
         out[:, :, z // 2 : (z + SLAB) // 2] = img.dataobj[:, :, z : z + SLAB][::2, ::2, ::2]
     nib.save(nib.Nifti1Image(out, img.affine, img.header), dst)
+    fsynced(dst)
 
 
 def timed(fn) -> float:

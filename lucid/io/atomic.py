@@ -106,6 +106,7 @@ class AtomicTarget:
         self.dest = Path(os.path.abspath(os.fspath(dest)))
         self.committed = False
         self.aborted = False
+        self._unsynced = 0  # bytes written since the last flush to disk
         directory = self.dest.parent
         shown_dir = os.path.dirname(self.display) or "."
         if self.dest.name in ("", ".", ".."):
@@ -146,6 +147,28 @@ class AtomicTarget:
     @property
     def active(self) -> bool:
         return not (self.committed or self.aborted)
+
+    SYNC_EVERY = 64 << 20
+
+    def wrote(self, nbytes: int) -> None:
+        """Count bytes written; every 64 MiB flush them to disk.
+
+        The writer thread pays for durability while the reader and the kernels
+        keep working, instead of one long fsync at commit."""
+        self._unsynced += nbytes
+        if self._unsynced < self.SYNC_EVERY:
+            return
+        self._unsynced = 0
+        try:
+            fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space_error(self.display, exc) from None
+            raise LucidIOError(f"{self.display}: cannot flush the output to disk: {exc.strerror or exc}") from None
 
     def commit(self) -> None:
         """fsync the finished temporary file and rename it over the destination."""

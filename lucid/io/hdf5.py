@@ -643,6 +643,7 @@ class HDF5Sink(Sink):
             raise LucidIOError(f"{self.name}: cannot write box {_fmt_box(index)}: {_short(exc)}") from None
         self.written += data.size
         self._check_guard()
+        self.target.wrote(data.nbytes)
 
     def _check_guard(self) -> None:
         exc = self._guard.error if self._guard is not None else None

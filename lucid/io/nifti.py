@@ -481,6 +481,8 @@ class NiftiSink(Sink):
         except BaseException as exc:
             self._fail(exc, "cannot write")
         self.written += arr.nbytes
+        if not self.gz:  # .nii.gz bytes go through a compressor first: flushed at commit
+            self.target.wrote(arr.nbytes)
 
     def _put(self, off: int, chunk: np.ndarray) -> None:
         if not self.gz:
