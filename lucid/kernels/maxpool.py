@@ -364,41 +364,40 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
         else:
             coord = np.arange(grad.shape[a], dtype=index_type)
         origin = origin + (coord * step[a]).reshape([-1 if b == i else 1 for b in range(n)])
-    offset = np.zeros(count, index_type)  # and of each code's winner from there
-    for code in range(count):
-        taps = decode(code, windows, mults)
-        offset[code] = sum(taps[r] * windows[r].dilation * step[axes[r]] for r in range(3))
-    flat = (origin + np.take(offset, codes_t)).ravel()
-    values = grad.transpose(perm).ravel()
-    keep = _winners_inside(codes, axes, windows, mults)
-    if keep is not None:
-        keep = keep.transpose(perm).ravel()
-        flat, values = flat[keep], values[keep]
+    every = np.arange(count, dtype=index_type)  # and of each code's winner from there
+    offset = sum((every // mults[r] % windows[r].kernel) * (windows[r].dilation * step[axes[r]]) for r in range(3))
+    flat = origin + np.take(offset.astype(index_type), codes_t)
+    values = grad.transpose(perm)
+    planes = _planes_reaching_out(axes, windows, mults)
+    if planes:  # a copy we may change (the caller's gradient stays as it is)
+        values = values.copy()
+    # Winners outside ``out`` (padding, rows another block owns) add +0.0 to position 0
+    # instead: that changes nothing, and no compaction pass is needed.
+    for axis, o, inside in planes:
+        key = _at(n, perm.index(axis), o)
+        drop = ~np.take(inside, codes_t[key])
+        flat[key][drop] = 0
+        values[key][drop] = 0
+    flat, values = flat.ravel(), values.ravel()
     np.add.at(out.reshape(-1, order="A"), flat, values)
     return out
 
 
-def _winners_inside(codes, axes: Axes, windows: Windows, mults) -> np.ndarray | None:
-    """Which outputs' winners lie inside ``out`` (None: all of them, the usual case).
-
-    Only outputs whose windows reach past the rows (padding, or rows another
-    block owns) can have a winner outside, so only those are checked."""
-    keep = None
+def _planes_reaching_out(axes: Axes, windows: Windows, mults) -> list[tuple[int, int, np.ndarray]]:
+    """Output planes whose windows reach past the input rows (padding, or rows
+    another block owns): ``(axis, output, inside)`` where ``inside[code]`` says
+    whether that code's tap along ``axis`` is inside the rows."""
+    planes = []
+    every = np.arange(windows[0].kernel * windows[1].kernel * windows[2].kernel)
     for r, w in enumerate(windows):
         lo, hi = _interior(w)
-        for o0, o1 in ((0, lo), (hi, w.size_out)) if hi > lo else ((0, w.size_out),):
-            if o1 <= o0:
-                continue
-            key = _at(codes.ndim, axes[r], slice(o0, o1))
-            tap = (codes[key] // codes.dtype.type(mults[r])) % codes.dtype.type(w.kernel)
-            o = np.arange(o0, o1).reshape([-1 if b == axes[r] else 1 for b in range(codes.ndim)])
-            pos = o * w.stride - w.pad + tap.astype(np.int64) * w.dilation
+        tap = every // mults[r] % w.kernel
+        for o in [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out):
+            pos = o * w.stride - w.pad + tap * w.dilation
             inside = (pos >= 0) & (pos < w.size_in)
             if not inside.all():
-                if keep is None:
-                    keep = np.ones(codes.shape, bool)
-                keep[key] &= inside
-    return keep
+                planes.append((axes[r], o, inside))
+    return planes
 
 
 def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults, origin=(0, 0, 0), sizes=None) -> np.ndarray:
