@@ -1,0 +1,324 @@
+"""``lucid``: the command line over ``lucid.stream.api.pool3d_file`` and ``lucid.inspect.describe``.
+
+This layer only parses options, calls the library and reports.  Exit codes:
+0 success, 1 input/runtime error, 2 usage error, 130 Ctrl-C, 141 broken pipe,
+143 SIGTERM.  Every error is one ``Error: ...`` line on stderr (a traceback
+too with ``lucid --debug``); signals are handled as in ``interrupts``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+import lucid
+from lucid.inspect import describe, jsonable
+from lucid.io import LucidIOError, detect_format
+from lucid.kernels.windows import PoolSpec
+from lucid.stream.api import pool3d_file
+
+from . import options as opt
+from . import report
+from .interrupts import STOP, Terminated
+from .progress import progress_bar, wanted
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPT, EXIT_PIPE, EXIT_TERM = 1, 2, 130, 141, 143
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Failure(click.ClickException):
+    """A runtime error already worded for the user, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
+class LucidGroup(click.Group):
+    """A click group whose every error is one ``Error:`` line with the documented exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        with STOP.installed():
+            code = self._run(args, prog_name, complete_var, **extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(self, args, prog_name, complete_var, **extra) -> int:
+        try:
+            rv = super().main(args, prog_name or "lucid", complete_var, standalone_mode=False, **extra)
+            return rv if isinstance(rv, int) else 0
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # the help text, as click does
+            return exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            return exc.exit_code
+        except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
+            click.echo("Error: interrupted", err=True)
+            return EXIT_INTERRUPT
+        except Terminated:
+            click.echo("Error: terminated", err=True)
+            return EXIT_TERM
+
+    def invoke(self, ctx: click.Context):
+        try:
+            rv = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+            STOP.check()  # a signal that came after the last safe point
+            return rv
+        except (click.ClickException, click.exceptions.Exit):
+            raise
+        except BrokenPipeError:
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_PIPE) from None
+        except (Exception, KeyboardInterrupt, Terminated) as exc:
+            message, code = _describe_error(exc, ctx.meta.get("lucid.input"))
+            if ctx.meta.get("lucid.debug"):
+                traceback.print_exc()
+            if ctx.meta.get("lucid.json"):
+                _print_json({"error": message, "exit_code": code})
+            raise Failure(message, code) from None
+
+
+def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, int]:
+    """The one-line message and exit code for an exception from the library."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPT
+    if isinstance(exc, Terminated):
+        return "terminated", EXIT_TERM
+    if isinstance(exc, LucidIOError):  # names its file already
+        return _one_line(str(exc)), EXIT_FAILURE
+    if isinstance(exc, OSError):
+        where = exc.filename or input_name
+        what = exc.strerror or str(exc)
+        return _one_line(f"{where}: {what}" if where else what), EXIT_FAILURE
+    if isinstance(exc, ValueError):  # about the data (MemoryLimitError too)
+        text = _one_line(str(exc))
+        if input_name and input_name not in text:
+            text = f"{input_name}: {text}"
+        return text, EXIT_FAILURE
+    text = _one_line(f"internal error: {type(exc).__name__}: {exc}")
+    return f"{text} (run `lucid --debug ...` for the traceback)", EXIT_FAILURE
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(jsonable(obj)))
+
+
+def _echo_lines(lines: list[str], err: bool) -> None:
+    click.echo("\n".join(lines), err=err)
+
+
+def _check_dataset(path: str | None, dataset: str | None, flag: str) -> None:
+    """``file.h5:/a`` with ``--dataset /b``, or a dataset for a NIfTI file, is a usage error."""
+    if path is None or dataset is None:
+        return
+    fmt, _file, in_path = detect_format(path)
+    if fmt == "nifti":
+        raise click.UsageError(f"{flag} {dataset}: {path} is a NIfTI file, which has no datasets")
+    if in_path is not None and in_path.strip("/") != dataset.strip("/"):
+        raise click.UsageError(f"{path} names dataset {in_path} but {flag} says {dataset}; give one")
+
+
+def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
+    """No output may be an input or another output (compared as real paths of the files)."""
+
+    def real(p: str) -> str:
+        return os.path.realpath(detect_format(p)[1])
+
+    seen: dict[str, str] = {}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        for in_label, in_path in inputs.items():
+            if in_path is not None and real(path) == real(in_path):
+                raise click.UsageError(f"{label} {path} is the {in_label} file; choose another output name")
+        if real(path) in seen:
+            raise click.UsageError(f"{label} {path} is the same file as {seen[real(path)]}")
+        seen[real(path)] = f"{label} {path}"
+
+
+def _check_spec(kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str) -> None:
+    try:
+        PoolSpec.create(kernel, kernel if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(_one_line(str(exc))) from None
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(name="lucid", cls=LucidGroup, context_settings=CONTEXT)
+@click.version_option(lucid.__version__, "-V", "--version", prog_name="lucid", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """3-D max pooling of NIfTI and HDF5 volumes and videos larger than memory.
+
+    \b
+    Examples:
+      lucid info sample_data/ct_phantom.nii.gz
+      lucid pool3d sample_data/ct_phantom.nii.gz ct_pooled.nii.gz -k 2
+      lucid pool3d sample_data/video_clip.h5 clip_pooled.h5 -k 2x2x2 --dry-run
+
+    \b
+    Exit codes: 0 ok, 1 input or runtime error, 2 usage error,
+    130 interrupted (Ctrl-C), 141 broken pipe, 143 terminated (SIGTERM).
+    """
+    ctx.meta["lucid.debug"] = debug
+
+
+POOL3D_HELP = """Max-pool INPUT into OUTPUT, streaming slabs within --memory-limit.
+
+Formats follow the suffix, for input and output independently: .nii, .nii.gz,
+.h5/.hdf5 (file.h5:/group/dataset names a dataset). Values per axis are given
+in the order the pooled axes appear in the file (x,y,z for NIfTI, d,h,w or
+t,h,w for HDF5). The stride defaults to the kernel. Outputs appear only when
+everything succeeded.
+
+\b
+Examples:
+  # CT: 2x2x2 pooling and the gradient map (how often each voxel won)
+  lucid pool3d ct.nii.gz ct_pooled.nii.gz -k 2 --grad-out ct_grad.nii.gz
+  # keep slices: pool x and y only, into HDF5
+  lucid pool3d mri_4d.nii.gz mri_pooled.h5 -k 2,2,1
+  # a video (t,h,w,c): pool time and space, channels carried through
+  lucid pool3d clip.h5:/frames clip_pooled.h5 -k 2x2x2 --compression lzf
+  # backward pass with an upstream gradient on the output grid
+  lucid pool3d vol.h5 out.h5 -k 2 --grad-in up.h5:/grad --grad-out grad.h5
+  # plan only: shapes, geometry, slabs and memory, as JSON
+  lucid pool3d big.h5 small.h5 -k 3 -s 2 -p 1 --memory-limit 256M --dry-run --json
+"""
+
+
+@main.command("pool3d", help=POOL3D_HELP, no_args_is_help=True)
+@click.argument("input", callback=opt.volume_path)
+@click.argument("output", callback=opt.volume_path)
+@click.option("-k", "--kernel", default="2", show_default=True, metavar="K", callback=opt.per_axis(1),
+              help="Window size: one integer or three (2,2,1 or 2x2x1).")
+@click.option("-s", "--stride", metavar="S", callback=opt.per_axis(1), help="Step between windows [default: kernel].")
+@click.option("-p", "--padding", default="0", show_default=True, metavar="P", callback=opt.per_axis(0),
+              help="Padding on both sides of each pooled axis.")
+@click.option("--dilation", default="1", show_default=True, metavar="D", callback=opt.per_axis(1),
+              help="Spacing between window taps.")
+@click.option("--ceil-mode", is_flag=True, help="Round the output size up (a last partial window).")
+@click.option("--padding-mode", type=click.Choice(["zeros", "ignore"]), default="zeros", show_default=True,
+              help="zeros: padded zeros take part in the maximum; ignore: only real voxels do.")
+@click.option("--axes", metavar="AXES", callback=opt.axes_text,
+              help="Input layout, one letter per axis: zyx, czyx, nczyx, thwc, xyz, xyzt, ... "
+                   "[default: HDF5 dimension labels, else dhw/cdhw/ncdhw; NIfTI xyz + tuvw].")
+@click.option("--dataset", metavar="PATH", help="HDF5 input dataset (or INPUT as file.h5:/PATH).")
+@click.option("--out-dataset", metavar="PATH", help="HDF5 output dataset [default: the input's name, or /data].")
+@click.option("--compression", default="gzip", show_default=True, metavar="CODEC", callback=opt.compression_text,
+              help="HDF5: gzip, gzip:N (level 0-9), lzf or none; .nii.gz is always gzip (level N if given).")
+@click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
+              help="Output dtype, e.g. float32 [default: the input's].")
+@click.option("--grad-out", metavar="FILE", callback=opt.volume_path,
+              help="Write the gradient map on the input grid (float32).")
+@click.option("--grad-in", metavar="FILE", callback=opt.volume_path,
+              help="Upstream gradient on the output grid [default: ones, i.e. a count of selections].")
+@click.option("--indices-out", metavar="FILE", callback=opt.volume_path,
+              help="Write argmax flat indices (int64, PyTorch convention).")
+@click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
+              help="Memory for slab buffers: bytes or K/M/G.")
+@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
+@click.option("-f", "--force", is_flag=True, help="Replace existing output files.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (shapes, geometry, slabs, memory); write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
+@click.pass_context
+def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
+           padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
+           out_dtype: str | None, grad_out: str | None, grad_in: str | None, indices_out: str | None,
+           memory_limit: int, threads: int | None, force: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    if grad_in is not None and grad_out is None:
+        raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
+    _check_dataset(input, dataset, "--dataset")
+    _check_dataset(output, out_dataset, "--out-dataset")
+    _check_spec(kernel, stride, padding, dilation, ceil_mode, padding_mode)
+    outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
+    _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
+    ctx.meta["lucid.input"] = input
+    ctx.meta["lucid.json"] = as_json
+
+    with progress_bar(wanted(quiet) and not dry_run) as progress:
+        result = pool3d_file(
+            input, output, kernel, stride, padding,
+            dilation=dilation, ceil_mode=ceil_mode, padding_mode=padding_mode, axes=axes,
+            dataset=dataset, out_dataset=out_dataset, grad_in=grad_in, grad_out=grad_out,
+            indices_out=indices_out, out_dtype=out_dtype, compression=compression,
+            memory_limit=memory_limit, threads=threads, force=force, progress=STOP.guard(progress), dry_run=dry_run,
+        )
+    warnings = []
+    if dry_run and not force:
+        warnings += [f"{label} {path} exists: the run will refuse it without --force"
+                     for label, path in outputs.items() if path and os.path.lexists(detect_format(path)[1])]
+    if result.padding_won and result.padding_mode == "zeros":
+        warnings.append(
+            f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there, "
+            "e.g. CT air at -1000 HU); use --padding-mode ignore to pool real voxels only"
+        )
+    for text in warnings:
+        click.echo(f"Warning: {text}", err=True)
+    data = result.to_dict()
+    if as_json:
+        _print_json({**data, "lucid_version": lucid.__version__, "warnings": warnings})
+    elif dry_run:
+        _echo_lines(report.plan_lines(data) + ["dry run: nothing written"], err=False)
+    elif not quiet:
+        _echo_lines(report.summary_lines(data), err=True)
+
+
+INFO_HELP = """Show what FILE holds: shape, dtype, axes, voxel size, affine and more.
+
+NIfTI: scaling (scl_slope/scl_inter), qform/sform codes, header fields.
+HDF5: every dataset in the file, chunks, compression and attributes of the
+one that would be pooled (name it as file.h5:/PATH or with --dataset).
+
+\b
+Examples:
+  lucid info sample_data/ct_phantom.nii.gz
+  lucid info sample_data/video_clip.h5:/frames
+  lucid info sample_data/volume_5d.h5 --json | python -m json.tool
+"""
+
+
+@main.command("info", help=INFO_HELP, no_args_is_help=True)
+@click.argument("file", callback=opt.volume_path)
+@click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
+@click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+def info(ctx: click.Context, file: str, dataset: str | None, axes: str | None, as_json: bool) -> None:
+    _check_dataset(file, dataset, "--dataset")
+    ctx.meta["lucid.input"] = file
+    ctx.meta["lucid.json"] = as_json
+    found = describe(file, dataset=dataset, axes=axes)
+    if as_json:
+        _print_json(found)
+    else:
+        _echo_lines(report.info_lines(found), err=False)
+
+
+if __name__ == "__main__":  # python -m lucid_cli.main
+    main()

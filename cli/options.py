@@ -1,0 +1,87 @@
+"""Click callbacks that turn option text into library values (bad text: exit 2, one line)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import numpy as np
+
+from lucid.io import LucidIOError, detect_format
+from lucid.io.layout import parse_layout
+from lucid.stream.plan import parse_size
+
+_SEPARATORS = re.compile(r"[,x]")
+_COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
+
+
+def per_axis(minimum: int):
+    """Callback for ``-k 2``, ``-k 2,2,1`` or ``-k 2x2x1``: an int or a 3-tuple, each >= ``minimum``."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return None
+        parts = [p.strip() for p in _SEPARATORS.split(value.strip().lower())]
+        if not all(re.fullmatch(r"[+-]?\d+", p) for p in parts):
+            raise click.BadParameter(f"{value!r} is not an integer or three integers such as 2,2,1 or 2x2x1")
+        if len(parts) not in (1, 3):
+            raise click.BadParameter(
+                f"{value!r} has {len(parts)} values; give one for all pooled axes or three, one per pooled axis"
+            )
+        numbers = [int(p) for p in parts]
+        if min(numbers) < minimum:
+            raise click.BadParameter(f"{value!r}: every value must be >= {minimum}")
+        return numbers[0] if len(numbers) == 1 else tuple(numbers)
+
+    return callback
+
+
+def volume_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A path whose suffix names a supported format (``file.h5:/dataset`` allowed)."""
+    if value is None:
+        return None
+    try:
+        detect_format(value)
+    except LucidIOError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def dtype_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A numpy integer or float dtype name such as ``float32`` or ``uint8``."""
+    if value is None:
+        return None
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise click.BadParameter(f"{value!r} is not a numpy dtype (e.g. float32, int16, uint8)") from None
+    if dtype.kind not in "iuf":
+        raise click.BadParameter(f"{value!r}: the output must be an integer or float dtype")
+    return dtype.name
+
+
+def axes_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An axes string with known letters, no repeats and exactly three pooled axes."""
+    if value is None:
+        return None
+    try:
+        parse_layout(value, len(value.strip()), "array")
+    except ValueError as exc:  # LayoutError
+        raise click.BadParameter(str(exc)) from None
+    return value.strip().lower()
+
+
+def compression_text(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    text = value.strip().lower()
+    if not _COMPRESSION.match(text):
+        raise click.BadParameter(f"{value!r}: use gzip, gzip:N (N = 0-9), lzf or none")
+    return text
