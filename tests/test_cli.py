@@ -4,6 +4,7 @@ Most tests drive the click app in-process (CliRunner); a few run the installed
 `lucid` executable as a real subprocess (skipped only if it is not installed).
 """
 
+import gzip
 import json
 import os
 import shutil
@@ -112,6 +113,19 @@ def test_per_axis_values_in_both_spellings_nifti_to_hdf5(tmp_path, spelling):
     np.testing.assert_allclose(attrs["element_size_um"], [6000.0, 6000.0, 4000.0])
     assert list(attrs["lucid_kernel"]) == [2, 2, 1] and list(attrs["lucid_stride"]) == [2, 2, 1]
     assert attrs["lucid_version"] == lucid.__version__ and attrs["lucid_kind"] == "output"
+
+
+def test_plain_nifti_to_hdf5_keeps_geometry_and_scaling_as_attributes(tmp_path):
+    plain = tmp_path / "ct.nii"
+    plain.write_bytes(gzip.decompress(CT.read_bytes()))  # the same header and bytes, uncompressed
+    out = tmp_path / "ct.h5"
+    ok("pool3d", plain, out, "-k", "2")
+    data, attrs, _ = h5_read(out)
+    np.testing.assert_array_equal(data, reference(raw_nifti(CT)[None, None], 2)[0][0, 0].astype(np.int16))
+    assert data.dtype == np.int16 and (attrs["scl_slope"], attrs["scl_inter"]) == (1.0, -1024.0)
+    np.testing.assert_allclose(attrs["affine"], nib.load(CT).affine @ window_centre_matrix((2,) * 3, (2,) * 3),
+                               atol=1e-4)
+    np.testing.assert_allclose(attrs["element_size_um"], [1600.0, 1600.0, 3000.0], rtol=1e-6)
 
 
 def test_hdf5_to_nifti_moves_axes_and_converts_spacing(tmp_path):
