@@ -173,7 +173,7 @@ def _largest_fitting(estimate, limit_rows: int, budget: int) -> int:
 
 
 def _mib(n: int) -> str:
-    return f"{n / MiB:.1f} MiB"
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
 def parse_size(text: str | int) -> int:
