@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lucid.io.base import Layout, LucidIOError, Sink, Source, VolumeMeta, box_shape, normalize_index
@@ -20,11 +22,21 @@ def check_dtype(dtype: np.dtype, name: str) -> np.dtype:
     return np.dtype(dtype.str).newbyteorder("=")
 
 
-def check_shape(shape: tuple[int, ...], name: str) -> None:
+# No volume lucid streams can hold more bytes than this (1 EiB): a larger shape is a
+# corrupt header, and keeping sizes below it keeps the planner's int64 arithmetic exact.
+MAX_VOLUME_BYTES = 1 << 60
+
+
+def check_shape(shape: tuple[int, ...], name: str, itemsize: int = 1) -> None:
     if len(shape) < 3:
         raise LucidIOError(f"{name}: a {len(shape)}-D array cannot be pooled in 3-D (shape {shape}); need 3+ dimensions")
+    if min(shape) < 0:
+        raise LucidIOError(f"{name}: shape {shape} has a negative dimension (corrupt header?)")
     if min(shape) == 0:
         raise LucidIOError(f"{name}: shape {shape} has a zero-sized dimension")
+    nbytes = math.prod(int(n) for n in shape) * int(itemsize)  # Python ints: no overflow
+    if nbytes > MAX_VOLUME_BYTES:
+        raise LucidIOError(f"{name}: shape {shape} would hold {nbytes:.3g} bytes, more than any real file (corrupt header?)")
 
 
 class ArraySource(Source):

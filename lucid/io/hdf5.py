@@ -140,7 +140,10 @@ def select_dataset(f: h5py.File, dataset: str | None, fname: str) -> h5py.Datase
     found = list_datasets(f)
     candidates = [(p, s) for p, s in found if len(s) >= 3]
     if len(candidates) == 1:
-        return f[candidates[0][0]]
+        try:
+            return f[candidates[0][0]]
+        except Exception as exc:  # listed but cannot be opened: a damaged object header
+            raise LucidIOError(f"{fname}:{candidates[0][0]}: cannot open dataset: {_short(exc)}") from None
     if not candidates:
         raise LucidIOError(f"{fname}: no dataset with 3 or more dimensions (datasets: {_describe(found)})")
     raise LucidIOError(
@@ -222,6 +225,12 @@ class HDF5Source(Source):
         self.file = open_h5_file(self.path, shown)
         try:
             self._init(shown, dataset, axes)
+        except LucidIOError:
+            self.file.close()
+            raise
+        except Exception as exc:  # h5py errors from a damaged file (KeyError, ValueError, OSError, ...)
+            self.file.close()
+            raise LucidIOError(f"{getattr(self, 'name', shown)}: cannot read the dataset (damaged file?): {_short(exc)}") from exc
         except BaseException:
             self.file.close()
             raise
@@ -235,8 +244,12 @@ class HDF5Source(Source):
             shape = () if ds.shape is None else ds.shape
             raise LucidIOError(f"{self.name}: a {len(shape)}-D dataset (shape {shape}) cannot be pooled in 3-D")
         self.shape = tuple(int(n) for n in ds.shape)
-        self.dtype = check_dtype(ds.dtype, self.name)
-        check_shape(self.shape, self.name)
+        try:
+            stored = ds.dtype
+        except ValueError as exc:  # e.g. a float type numpy has no equivalent for
+            raise LucidIOError(f"{self.name}: unsupported data type ({_short(exc)})") from None
+        self.dtype = check_dtype(stored, self.name)
+        check_shape(self.shape, self.name, self.dtype.itemsize)
         problem = _filter_problem(ds)
         if problem:
             raise LucidIOError(f"{self.name}: {problem}")

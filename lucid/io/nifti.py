@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
+import math
 import os
 import sys
 
@@ -42,7 +44,7 @@ import numpy as np
 from nibabel.arrayproxy import ArrayProxy
 
 from lucid.io.array import check_dtype, check_shape
-from lucid.io.atomic import AtomicTarget, is_no_space, make_temp_path, no_space_error, remove_quietly
+from lucid.io.atomic import AtomicTarget, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
 from lucid.io.base import (
     UNIT_TO_UM,
     LucidIOError,
@@ -78,7 +80,8 @@ def load_nifti(path: str, name: str):
     if os.path.getsize(path) == 0:
         raise LucidIOError(f"{name}: file is empty")
     try:
-        img = nib.load(path)
+        with _quiet_nibabel():
+            img = nib.load(path)
     except PermissionError:
         raise LucidIOError(f"{name}: permission denied") from None
     except (EOFError, gzip.BadGzipFile) as exc:
@@ -88,6 +91,25 @@ def load_nifti(path: str, name: str):
     if not isinstance(img, nib.Nifti1Image):
         raise LucidIOError(f"{name}: not a NIfTI-1/NIfTI-2 single-file image ({type(img).__name__})")
     return img
+
+
+class _quiet_nibabel:
+    """Silence nibabel's header-check log lines ("sizeof_hdr should be 348; set ...") while
+    loading: the file either loads or fails with one LucidIOError line, nothing else on stderr."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("nibabel.global")
+        self.disabled, self.logger.disabled = self.logger.disabled, True
+
+    def __exit__(self, *exc):
+        self.logger.disabled = self.disabled
+        return False
+
+
+# Deflate cannot compress more than 1032:1, so a .nii.gz of S bytes holds at most
+# ~1032*S bytes: a header promising more is corrupt (checked before planning, so
+# a crazy shape is refused instead of streamed until the data runs out).
+GZIP_MAX_RATIO = 1032
 
 
 class NiftiSource(Source):
@@ -102,6 +124,16 @@ class NiftiSource(Source):
         self.name = shown
         self.path = os.path.abspath(os.fspath(path))
         img = load_nifti(self.path, shown)
+        try:
+            self._init(img, shown, axes, keep_file_open)
+        except LucidIOError:
+            self.close()
+            raise
+        except Exception as exc:  # nibabel on a damaged header (KeyError, ValueError, OverflowError, ...)
+            self.close()
+            raise LucidIOError(f"{shown}: not a readable NIfTI file ({_one_line(exc)})") from exc
+
+    def _init(self, img, shown: str, axes: str | None, keep_file_open: bool) -> None:
         hdr = img.header
         self.header = hdr
         self.gzipped = self.path.lower().endswith(".gz")
@@ -112,7 +144,7 @@ class NiftiSource(Source):
         self.stored_dtype = stored
         self.dtype = check_dtype(stored, shown)
         self.shape = tuple(int(n) for n in img.shape)
-        check_shape(self.shape, shown)
+        check_shape(self.shape, shown, stored.itemsize)
         try:
             self.layout = parse_layout(axes, len(self.shape), "nifti")
         except LucidIOError as exc:
@@ -120,18 +152,21 @@ class NiftiSource(Source):
         proxy = img.dataobj
         self.offset = int(proxy.offset)
         slope, inter = float(proxy.slope), float(proxy.inter)
-        nbytes = int(np.prod(self.shape, dtype=np.int64)) * stored.itemsize
-        if not self.gzipped:
-            size = os.path.getsize(self.path)
-            if size < self.offset + nbytes:
-                raise LucidIOError(
-                    f"{shown}: truncated NIfTI file: {size} bytes, the header promises {self.offset + nbytes}"
-                )
+        nbytes = math.prod(self.shape) * stored.itemsize  # Python ints: a crazy header cannot overflow
+        size = os.path.getsize(self.path)
+        if not self.gzipped and size < self.offset + nbytes:
+            raise LucidIOError(
+                f"{shown}: truncated NIfTI file: {size} bytes, the header promises {self.offset + nbytes} bytes"
+            )
+        if self.gzipped and self.offset + nbytes > GZIP_MAX_RATIO * size + 1024:
+            raise LucidIOError(
+                f"{shown}: truncated or corrupt NIfTI file: the header's shape {self.shape} needs "
+                f"{human_bytes(self.offset + nbytes)}, more than a {human_bytes(size)} .gz file can hold"
+            )
         self._proxy = ArrayProxy(
             self.path, (self.shape, stored, self.offset, 1.0, 0.0), mmap=False, keep_file_open=keep_file_open
         )
         self.meta = self._make_meta(hdr, (slope, inter))
-        del img
 
     def _make_meta(self, hdr, scale) -> VolumeMeta:
         zooms = [float(z) for z in hdr.get_zooms()]
