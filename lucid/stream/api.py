@@ -102,9 +102,14 @@ def pool3d_file(
         raise ValueError("nothing to write: give an output, grad_out or indices_out")
     if grad_in is not None and grad_out is None:
         raise ValueError("grad_in needs grad_out: the upstream gradient is only used to write a gradient map")
-    targets = [os.path.realpath(detect_format(p)[1]) for p in (output, grad_out, indices_out) if isinstance(p, (str, os.PathLike))]
-    if len(set(targets)) != len(targets):
-        raise ValueError("output, grad_out and indices_out must be different files")
+    seen: dict[str, Any] = {}
+    for p in (output, grad_out, indices_out):
+        if isinstance(p, (str, os.PathLike)):
+            real = os.path.realpath(detect_format(p)[1])
+            if real in seen:
+                raise ValueError(f"{os.fspath(p)}: output, grad_out and indices_out must be different files "
+                                 f"(same file as {os.fspath(seen[real])})")
+            seen[real] = p
 
     opened: list = []
     sinks: list = []
@@ -115,22 +120,27 @@ def pool3d_file(
         out_dtype = np.dtype(out_dtype) if out_dtype is not None else source.dtype
         check_dtype(out_dtype)
         pad_value, order = padding_rule(source, padding_mode)
-        plan = plan_slabs(
-            source.shape,
-            source.layout.pooled,
-            spec,
-            slab_axis=source.slab_axis,
-            order=getattr(source, "order", "C"),
-            in_itemsize=source.dtype.itemsize,
-            out_itemsize=out_dtype.itemsize,
-            memory_limit=limit,
-            backward=grad_out is not None,
-            grad_itemsize=np.dtype(grad_dtype).itemsize,
-            indices=indices_out is not None,
-            chunk_rows=getattr(source, "chunk_rows", 1),
-            names=[_axis_name(source, a) for a in source.layout.pooled],
-            what=source.name,
-        )
+        try:
+            plan = plan_slabs(
+                source.shape,
+                source.layout.pooled,
+                spec,
+                slab_axis=source.slab_axis,
+                order=getattr(source, "order", "C"),
+                in_itemsize=source.dtype.itemsize,
+                out_itemsize=out_dtype.itemsize,
+                memory_limit=limit,
+                backward=grad_out is not None,
+                grad_itemsize=np.dtype(grad_dtype).itemsize,
+                indices=indices_out is not None,
+                chunk_rows=getattr(source, "chunk_rows", 1),
+                names=[_axis_name(source, a) for a in source.layout.pooled],
+                what=source.name,
+            )
+        except ValueError as exc:  # a kernel that does not fit, a memory limit too small: name the file
+            if source.name in str(exc):
+                raise
+            raise type(exc)(f"{source.name}: {exc}") from None
         gradient = None
         if grad_in is not None:
             gradient = open_source(grad_in, axes=source.layout.axes)
