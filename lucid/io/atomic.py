@@ -106,6 +106,7 @@ class AtomicTarget:
         self.dest = Path(os.path.abspath(os.fspath(dest)))
         self.committed = False
         self.aborted = False
+        self.synced = False  # the finished temporary file is on disk (sync())
         self._unsynced = 0  # bytes written since the last flush to disk
         directory = self.dest.parent
         shown_dir = os.path.dirname(self.display) or "."
@@ -170,9 +171,13 @@ class AtomicTarget:
                 raise no_space_error(self.display, exc) from None
             raise LucidIOError(f"{self.display}: cannot flush the output to disk: {exc.strerror or exc}") from None
 
-    def commit(self) -> None:
-        """fsync the finished temporary file and rename it over the destination."""
-        if self.committed:
+    def sync(self) -> None:
+        """fsync the finished temporary file, without renaming it yet.
+
+        This is where a full disk shows up at the end (delayed allocation), so a
+        caller with several outputs syncs them all before committing any; on
+        failure the temporary file is removed."""
+        if self.synced or self.committed:
             return
         if self.aborted:
             raise LucidIOError(f"{self.display}: cannot commit an aborted output")
@@ -182,6 +187,21 @@ class AtomicTarget:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except OSError as exc:
+            self.abort()
+            if is_no_space(exc):
+                raise no_space_error(self.display, exc) from None
+            raise LucidIOError(f"{self.display}: cannot flush the output to disk: {exc.strerror or exc}") from None
+        self.synced = True
+
+    def commit(self) -> None:
+        """fsync the finished temporary file (unless ``sync`` did) and rename it over the destination."""
+        if self.committed:
+            return
+        if self.aborted:
+            raise LucidIOError(f"{self.display}: cannot commit an aborted output")
+        self.sync()
+        try:
             os.replace(self.tmp, self.dest)
         except OSError as exc:
             self.abort()

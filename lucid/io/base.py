@@ -12,7 +12,7 @@ the file's memory order), ``slab_axis``, ``chunk_rows``, ``set_cache(nbytes)``,
 ``read(index)`` (a fresh, writable array the caller owns), ``close()``.
 
 Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
-``write(index, data)``, ``commit()``, ``abort()``; indexes and data are in the
+``write(index, data)``, ``prepare()``, ``commit()``, ``abort()``; indexes and data are in the
 *source's* file-axis order whatever the output format.
 """
 
@@ -177,6 +177,14 @@ class Sink(ABC):
     @abstractmethod
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         """Write a box of values (in the sink's dtype) at ``index``."""
+
+    def prepare(self) -> None:
+        """Finish the file (flush, close, fsync) without moving it into place yet.
+
+        Everything that can fail (a full disk included) happens here, so a caller
+        writing several outputs prepares them all before committing any: a failure
+        then leaves every destination as it was.  ``commit`` prepares if needed.
+        """
 
     @abstractmethod
     def commit(self) -> None:

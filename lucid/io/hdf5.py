@@ -667,8 +667,11 @@ class HDF5Sink(Sink):
             raise no_space_error(self.name, exc)
         raise LucidIOError(f"{self.name}: cannot write the output: {_short(exc)}")
 
-    def commit(self) -> None:
-        if self.target.committed:
+    _prepared = False
+
+    def prepare(self) -> None:
+        """Close the HDF5 file and fsync it (see Sink.prepare)."""
+        if self.target.committed or self._prepared:
             return
         if self.target.aborted:
             raise LucidIOError(f"{self.name}: cannot commit an aborted output")
@@ -687,6 +690,13 @@ class HDF5Sink(Sink):
         self._check_guard()
         self._guard.close()
         self._guard = None
+        self.target.sync()
+        self._prepared = True
+
+    def commit(self) -> None:
+        if self.target.committed:
+            return
+        self.prepare()
         self.target.commit()
 
     def abort(self) -> None:

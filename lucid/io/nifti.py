@@ -542,8 +542,11 @@ class NiftiSink(Sink):
             view = view[n:]
             pos += n
 
-    def commit(self) -> None:
-        if self.target.committed:
+    _prepared = False
+
+    def prepare(self) -> None:
+        """Finish the stream (spool, gzip trailer), close and fsync it (see Sink.prepare)."""
+        if self.target.committed or self._prepared:
             return
         if self.target.aborted:
             raise LucidIOError(f"{self.name}: cannot commit an aborted output")
@@ -573,6 +576,13 @@ class NiftiSink(Sink):
                 self._fd = None
         except BaseException as exc:
             self._fail(exc, "cannot finish the output")
+        self.target.sync()
+        self._prepared = True
+
+    def commit(self) -> None:
+        if self.target.committed:
+            return
+        self.prepare()
         self.target.commit()
 
     def _close_spool(self) -> None:

@@ -188,6 +188,8 @@ def pool3d_file(
             pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=grad_dtype,
             threads=threads, progress=progress,
         )
+        for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
+            sink.prepare()
         for sink in sinks:
             sink.commit()
         sinks.clear()
