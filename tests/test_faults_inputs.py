@@ -190,6 +190,9 @@ CASES = [
          dict(input="a.h5", output="sub/../a.h5", force=True), says=("a.h5", "input")),
     Case("output-is-input-symlink", both(A_H5, symlink("link.h5", "a.h5")), ["a.h5", "link.h5", "--force"], USAGE,
          dict(input="a.h5", output="link.h5", force=True), says=("link.h5", "input")),
+    Case("output-is-input-hardlink", both(A_H5, lambda d: os.link(d / "a.h5", d / "hard.h5")),
+         ["a.h5", "hard.h5", "--force"], FAILURE,  # only the library sees it is the same inode
+         dict(input="a.h5", output="hard.h5", force=True), says=("hard.h5", "input")),
     Case("output-is-input-via-dataset", A_H5, ["a.h5:/data", "a.h5:/pooled", "--force"], USAGE,
          dict(input="a.h5:/data", output="a.h5:/pooled", force=True), says=("a.h5", "input")),
     Case("output-is-input-nifti", nii(), ["a.nii.gz", "./a.nii.gz", "--force"], USAGE,
@@ -456,3 +459,36 @@ def test_every_case_runs_both_ways_unless_a_spelling_does_not_exist():
     cli_only = {c.id for c in CASES if c.api is None}
     api_only = {c.id for c in CASES if c.cli is None}
     assert not cli_only and not api_only
+
+
+# ---------------------------------------------------------------- `lucid info` on the same bad files
+
+INFO_CASES = [
+    # (case whose files to use, FILE argument, exit code, fragments)
+    ("input-missing-h5", "missing.h5", FAILURE, ("missing.h5", "no such file")),
+    ("input-is-directory", "dir.h5", FAILURE, ("dir.h5", "directory")),
+    ("empty-nii-gz", "e.nii.gz", FAILURE, ("e.nii.gz", "empty")),
+    ("truncated-nii-header", "cut.nii", FAILURE, ("cut.nii",)),
+    ("nii-header-claims-more", "short.nii", FAILURE, ("short.nii", "truncated")),
+    ("garbage-h5", "junk.h5", FAILURE, ("junk.h5", "not an hdf5 file")),
+    ("dataset-missing", "a.h5:/nope", FAILURE, ("a.h5", "/nope")),
+    ("dataset-is-group", "multi.h5:/g", FAILURE, ("multi.h5", "group")),
+    ("h5-filter-unavailable", "blosc.h5", FAILURE, ("blosc.h5", "filter 32001")),
+    ("input-unknown-suffix", "a.txt", USAGE, ("a.txt", "unsupported file type")),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with CliServer() as s:
+        yield s
+
+
+@pytest.mark.parametrize("case_id,target,code,says", INFO_CASES, ids=[c[0] for c in INFO_CASES])
+def test_info_fails_cleanly_on_the_same_files(tmp_path, server, case_id, target, code, says):
+    d = make_case_dir(tmp_path, BY_ID[case_id])
+    before = Snapshot.take(d)
+    result = server.run("info", target, cwd=d)
+    assert_one_error_line(result, code, *says)
+    assert result.stdout == ""
+    Snapshot.take(d).assert_unchanged(before)

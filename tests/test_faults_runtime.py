@@ -479,3 +479,16 @@ def test_two_runs_read_the_same_hdf5_file_at_once(tmp_path):
     np.testing.assert_array_equal(h5_data(tmp_path / "g1.h5"), h5_data(tmp_path / "g2.h5"))
     assert file_hash(tmp_path / "in.h5") == digest
     assert not [n for n in os.listdir(tmp_path) if ".lucid-" in n]
+
+
+def test_an_hdf5_file_open_for_writing_elsewhere_is_refused(tmp_path, server):
+    """HDF5 file locking: readers share, but a writer holds the file exclusively."""
+    write_h5(tmp_path / "a.h5", volume())
+    with h5py.File(tmp_path / "a.h5", "a") as f:
+        f["more"] = np.zeros(3)
+        f.flush()
+        before = Snapshot.take(tmp_path)
+        result = server.run("pool3d", "a.h5", "o.h5", cwd=tmp_path)
+        assert_one_error_line(result, 1, "a.h5", "locked by a writer")
+        Snapshot.take(tmp_path).assert_unchanged(before)
+    # (inside the writing process itself HDF5 shares its open file, so the library reads it)
