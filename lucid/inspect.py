@@ -146,7 +146,10 @@ def _nifti_header(source: Source) -> dict[str, Any]:
     except Exception:  # invalid quaternion fields
         qform, qcode = None, int(hdr["qform_code"])
     freq, phase, slc = hdr.get_dim_info()
-    space, time = hdr.get_xyzt_units()
+    try:
+        space, time = hdr.get_xyzt_units()
+    except KeyError:  # a units byte that is no NIfTI code: show the raw number
+        space = time = f"unknown code {int(hdr['xyzt_units'])}"
     intent = hdr.get_intent()
     return {
         "nifti_version": source.meta.extra.get("nifti_version", 1),

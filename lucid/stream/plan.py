@@ -10,6 +10,7 @@ every sink receives its writes in file order.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -64,7 +65,7 @@ class Plan:
 
     @property
     def job_count(self) -> int:
-        return int(np.prod([self.in_shape[a] for a in self.outer], dtype=np.int64)) * len(self.slabs)
+        return math.prod(self.in_shape[a] for a in self.outer) * len(self.slabs)
 
     def box(self, outer_index: Sequence[int], rows: tuple[int, int], shape: Sequence[int]) -> tuple[slice, ...]:
         """The box of one slab: ``rows`` along the slab axis, one index on outer axes, all else whole."""
@@ -129,7 +130,8 @@ def plan_slabs(
     outer = outer_axes(len(shape), pooled, slab_axis, order)
 
     def plane(dims: Sequence[int]) -> int:
-        return int(np.prod([n for a, n in enumerate(dims) if a != slab_axis and a not in outer], dtype=np.int64))
+        # Python ints: a header may claim sizes whose product overflows int64
+        return math.prod(n for a, n in enumerate(dims) if a != slab_axis and a not in outer)
 
     in_plane, out_plane = plane(shape), plane(out_shape)
     code_size = code_dtype(windows).itemsize
