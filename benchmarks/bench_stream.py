@@ -119,14 +119,15 @@ def main() -> None:
             lambda: pool3d_file(nii_in, out("fwd.nii"), 2, force=True, grad_out=out("grad.nii")),
         ),
     }
-    print(f"{n}^3 volumes, k=2 s=2, default memory limit 512M, median of {args.repeat} (runs interleaved)\n")
+    print(f"{n}^3 volumes, k=2 s=2, default memory limit 512M, median of {args.repeat} (baseline and forward interleaved)\n")
     print("| input | read+write baseline s | lucid forward s | forward / baseline | lucid forward+backward s |")
     print("|---|---|---|---|---|")
     for name, (base, fwd, bwd) in cases.items():
         times: dict[str, list[float]] = {"base": [], "fwd": [], "bwd": []}
-        for _ in range(args.repeat):
+        for _ in range(args.repeat):  # baseline and forward alternate
             times["base"].append(timed(base))
             times["fwd"].append(timed(fwd))
+        for _ in range(args.repeat):  # after: its big gradient maps leave write-back behind that would slow the others
             times["bwd"].append(timed(bwd))
         b, f, g = (statistics.median(times[k]) for k in ("base", "fwd", "bwd"))
         print(f"| {name} | {b:.2f} | {f:.2f} | {f / b:.2f}x | {g:.2f} |", flush=True)
