@@ -133,23 +133,29 @@ def _pool_axis_any(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Or
     return out
 
 
-def _challenge(dst, dst_code, src, candidate, order: Order, check_nan: bool, tie_by_code: bool) -> None:
-    """Candidates ``src`` with codes ``candidate`` take over ``dst``/``dst_code`` where they win.
+def _wins(src, dst, candidate, code, order: Order, check_nan: bool, tie_by_code: bool):
+    """Where candidates ``src`` (codes ``candidate``) beat ``dst`` (codes ``code``).
 
-    A candidate wins when it is strictly better; on a tie, when ``tie_by_code``
-    and its code is smaller (earlier in row-major order); a NaN wins over any
-    number, and over a NaN when it comes later (a larger code, or a later tap).
+    Strictly better wins; on a tie, when ``tie_by_code``, the smaller code
+    (earlier in row-major order); a NaN wins over any number, and over a NaN
+    when it comes later (a larger code, or a later tap).
     """
     better = order.beats(src, dst)
     if tie_by_code:
         tie = src == dst
-        tie &= candidate < dst_code
+        tie &= candidate < code
         better |= tie
     if check_nan and isinstance(src, np.ndarray):
         nan = src != src  # not np.isnan(out=...): numpy 2.4 miscomputes into strided bool outputs
         if tie_by_code:
-            nan &= (dst == dst) | (candidate > dst_code)
+            nan &= (dst == dst) | (candidate > code)
         better |= nan
+    return better
+
+
+def _challenge(dst, dst_code, src, candidate, order: Order, check_nan: bool, tie_by_code: bool) -> None:
+    """Candidates ``src`` with codes ``candidate`` take over ``dst``/``dst_code`` where they win."""
+    better = _wins(src, dst, candidate, dst_code, order, check_nan, tie_by_code)
     # select without masked ufuncs (slow): unsigned arithmetic wraps, so this is exact
     dst_code += better * (candidate - dst_code)
     order.combine(dst, src, out=dst)
@@ -262,17 +268,28 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
 
     def interior(taps, rows):
         dst, dst_code = out[rows], won[rows]
-        np.copyto(dst, taps[0])
-        code_taps = None
-        if codes is None:
-            dst_code[...] = 0
-        else:
-            code_taps = [codes[key] for key in _tap_keys(n, axis, w, rows[axis])]
-            np.copyto(dst_code, code_taps[0])
-        for j in range(1, len(taps)):
+        code_taps = None if codes is None else [codes[key] for key in _tap_keys(n, axis, w, rows[axis])]
+
+        def candidate(j):
             step = dtype.type(j * mult)
-            candidate = step if code_taps is None else code_taps[j] + step
-            _challenge(dst, dst_code, taps[j], candidate, order, check_nan, tie_by_code)
+            return step if code_taps is None else code_taps[j] + step
+
+        if len(taps) == 1:
+            np.copyto(dst, taps[0])
+            np.copyto(dst_code, candidate(0))
+            return
+        # The first two taps straight into the outputs: no copy of tap 0 to challenge.
+        first, second = candidate(0), candidate(1)
+        better = _wins(taps[1], taps[0], second, first, order, check_nan, tie_by_code)
+        order.combine(taps[0], taps[1], out=dst)
+        if code_taps is None:  # first = 0
+            np.multiply(better, second, out=dst_code)
+        else:
+            np.subtract(second, first, out=dst_code)  # unsigned arithmetic: an exact select
+            dst_code *= better
+            dst_code += first
+        for j in range(2, len(taps)):
+            _challenge(dst, dst_code, taps[j], candidate(j), order, check_nan, tie_by_code)
 
     def edge(rows, local, key):
         r0 = key[axis].start * w.stride - w.pad
