@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import shutil
 import signal

@@ -16,6 +16,7 @@ its hidden ``.lucid-tmp-`` file behind.
 from __future__ import annotations
 
 import atexit
+import math
 import errno
 import os
 import secrets
@@ -23,7 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from lucid.io.base import LucidIOError
+import numpy as np
+
+from lucid.io.base import LucidIOError, Sink, box_shape, normalize_index
 
 TMP_MARK = ".lucid-tmp-"
 _LIVE: set[str] = set()
@@ -231,3 +234,53 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class FileSink(Sink):
+    """What every file format's sink shares: the box checks and the finish/commit sequence.
+
+    Subclasses set ``target`` (an AtomicTarget), count ``written`` against
+    ``expected_written`` (in ``written_unit``), and implement ``_finish()``:
+    close the format's file so that only the rename remains.
+    """
+
+    target: AtomicTarget
+    written = 0
+    written_unit = "values"
+    _prepared = False
+
+    @property
+    def expected_written(self) -> int:
+        return math.prod(self.shape)
+
+    def _box(self, index, data) -> tuple[slice, ...]:
+        """Check a write against the sink's state and shape; the normalized box."""
+        if not self.target.active:
+            raise LucidIOError(f"{self.name}: write after {'commit' if self.target.committed else 'abort'}")
+        index = normalize_index(index, self.shape, self.name)
+        if np.shape(data) != box_shape(index):
+            raise ValueError(f"{self.name}: data of shape {np.shape(data)} for box of shape {box_shape(index)}")
+        return index
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        if self.target.committed or self._prepared:
+            return
+        if self.target.aborted:
+            raise LucidIOError(f"{self.name}: cannot commit an aborted output")
+        if self.written < self.expected_written:
+            self.abort()
+            raise LucidIOError(
+                f"{self.name}: incomplete output: {self.written} of {self.expected_written} {self.written_unit} written"
+            )
+        self._finish()
+        self.target.sync()
+        self._prepared = True
+
+    def commit(self) -> None:
+        if self.target.committed:
+            return
+        self.prepare()
+        self.target.commit()

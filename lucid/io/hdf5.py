@@ -34,12 +34,11 @@ import os
 import h5py
 import numpy as np
 
-from lucid.io.atomic import AtomicTarget, is_no_space, no_space_error
+from lucid.io.atomic import AtomicTarget, FileSink, is_no_space, no_space_error
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.base import (
     UNIT_TO_UM,
     LucidIOError,
-    Sink,
     Source,
     VolumeMeta,
     box_shape,
@@ -516,7 +515,7 @@ class GuardedFile:
         self._f.close()
 
 
-class HDF5Sink(Sink):
+class HDF5Sink(FileSink):
     """A chunked, compressed HDF5 dataset written box by box into a temporary file."""
 
     def __init__(self, path, shape, dtype, *, like: Source, pooling=None, kind: str = "output",
@@ -639,12 +638,8 @@ class HDF5Sink(Sink):
 
     # -- data
     def write(self, index, data) -> None:
-        if not self.target.active:
-            raise LucidIOError(f"{self.name}: write after {'commit' if self.target.committed else 'abort'}")
-        index = normalize_index(index, self.shape, self.name)
+        index = self._box(index, data)
         data = np.ascontiguousarray(data, dtype=self.dtype)
-        if data.shape != box_shape(index):
-            raise ValueError(f"{self.name}: data of shape {data.shape} for box of shape {box_shape(index)}")
         if data.size == 0:
             return
         try:
@@ -667,18 +662,8 @@ class HDF5Sink(Sink):
             raise no_space_error(self.name, exc)
         raise LucidIOError(f"{self.name}: cannot write the output: {_short(exc)}")
 
-    _prepared = False
-
-    def prepare(self) -> None:
-        """Close the HDF5 file and fsync it (see Sink.prepare)."""
-        if self.target.committed or self._prepared:
-            return
-        if self.target.aborted:
-            raise LucidIOError(f"{self.name}: cannot commit an aborted output")
-        total = int(np.prod(self.shape, dtype=np.int64))
-        if self.written < total:
-            self.abort()
-            raise LucidIOError(f"{self.name}: incomplete output: {self.written} of {total} values written")
+    def _finish(self) -> None:
+        """Close the HDF5 file (then FileSink.prepare fsyncs it)."""
         try:
             self.file.close()
             self.file = None
@@ -690,14 +675,6 @@ class HDF5Sink(Sink):
         self._check_guard()
         self._guard.close()
         self._guard = None
-        self.target.sync()
-        self._prepared = True
-
-    def commit(self) -> None:
-        if self.target.committed:
-            return
-        self.prepare()
-        self.target.commit()
 
     def abort(self) -> None:
         if self.file is not None:

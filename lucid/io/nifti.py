@@ -44,11 +44,10 @@ import numpy as np
 from nibabel.arrayproxy import ArrayProxy
 
 from lucid.io.array import check_dtype, check_shape
-from lucid.io.atomic import AtomicTarget, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
+from lucid.io.atomic import AtomicTarget, FileSink, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
 from lucid.io.base import (
     UNIT_TO_UM,
     LucidIOError,
-    Sink,
     Source,
     VolumeMeta,
     box_shape,
@@ -334,7 +333,7 @@ def _grid_changed(pooling, axis: int, n_in: int, n_out: int) -> bool:
     return m[axis, axis] != 1 or m[axis, 3] != 0 or n_in != n_out
 
 
-class NiftiSink(Sink):
+class NiftiSink(FileSink):
     """A NIfTI file streamed to a temporary file, header first, then Fortran-order slabs."""
 
     def __init__(self, path, shape, dtype, *, like: Source, pooling=None, kind: str = "output",
@@ -539,12 +538,8 @@ class NiftiSink(Sink):
             yield off * item, flat[r * run:(r + 1) * run]
 
     def write(self, index, data) -> None:
-        if not self.target.active:
-            raise LucidIOError(f"{self.name}: write after {'commit' if self.target.committed else 'abort'}")
-        index = normalize_index(index, self.shape, self.name)
+        index = self._box(index, data)
         data = np.asarray(data)
-        if data.shape != box_shape(index):
-            raise ValueError(f"{self.name}: data of shape {data.shape} for box of shape {box_shape(index)}")
         if data.size == 0:
             return
         nindex = tuple(index[a] for a in self.perm)
@@ -581,17 +576,14 @@ class NiftiSink(Sink):
             view = view[n:]
             pos += n
 
-    _prepared = False
+    written_unit = "data bytes"
 
-    def prepare(self) -> None:
-        """Finish the stream (spool, gzip trailer), close and fsync it (see Sink.prepare)."""
-        if self.target.committed or self._prepared:
-            return
-        if self.target.aborted:
-            raise LucidIOError(f"{self.name}: cannot commit an aborted output")
-        if self.written < self.total:
-            self.abort()
-            raise LucidIOError(f"{self.name}: incomplete output: {self.written} of {self.total} data bytes written")
+    @property
+    def expected_written(self) -> int:
+        return self.total
+
+    def _finish(self) -> None:
+        """Finish the stream (spool, gzip trailer) and close it (then FileSink.prepare fsyncs it)."""
         try:
             if self.gz:
                 if self._spool_fd is not None:
@@ -615,14 +607,6 @@ class NiftiSink(Sink):
                 self._fd = None
         except BaseException as exc:
             self._fail(exc, "cannot finish the output")
-        self.target.sync()
-        self._prepared = True
-
-    def commit(self) -> None:
-        if self.target.committed:
-            return
-        self.prepare()
-        self.target.commit()
 
     def _close_spool(self) -> None:
         if self._spool_fd is not None:
