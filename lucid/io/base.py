@@ -18,6 +18,7 @@ Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,25 @@ CARRIED_LETTERS = "nc" + "tuvw"
 
 class LucidIOError(Exception):
     """A problem with an input or output file; ``str()`` is one line naming the file."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_input_file(path: str, name: str, what: str) -> None:
+    """Refuse, in one line naming the file, an input that cannot be a ``what`` file at all."""
+    if not os.path.lexists(path):
+        raise LucidIOError(f"{name}: no such file")
+    if not os.path.exists(path):
+        raise LucidIOError(f"{name}: broken symbolic link")
+    if os.path.isdir(path):
+        raise LucidIOError(f"{name}: is a directory, not {what} file")
+    if not os.access(path, os.R_OK):
+        raise LucidIOError(f"{name}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise LucidIOError(f"{name}: file is empty")
 
 
 class LayoutError(LucidIOError, ValueError):

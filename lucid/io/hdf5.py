@@ -37,6 +37,8 @@ import numpy as np
 from lucid.io.atomic import AtomicTarget, FileSink, is_no_space, no_space_error
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.base import (
+    check_input_file,
+    one_line,
     UNIT_TO_UM,
     LucidIOError,
     Source,
@@ -62,34 +64,18 @@ KNOWN_FILTERS = {
 }
 
 
-def _short(exc: BaseException) -> str:
-    """The useful part of an h5py error message, on one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def open_h5_file(path: str, name: str) -> h5py.File:
     """Open an HDF5 file read-only, turning every failure into a one-line LucidIOError."""
-    if not os.path.lexists(path):
-        raise LucidIOError(f"{name}: no such file")
-    if not os.path.exists(path):
-        raise LucidIOError(f"{name}: broken symbolic link")
-    if os.path.isdir(path):
-        raise LucidIOError(f"{name}: is a directory, not an HDF5 file")
-    if not os.access(path, os.R_OK):
-        raise LucidIOError(f"{name}: permission denied")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise LucidIOError(f"{name}: file is empty")
+    check_input_file(path, name, "an HDF5")
     try:
         return h5py.File(path, "r")
     except PermissionError:
         raise LucidIOError(f"{name}: permission denied") from None
     except (OSError, ValueError, RuntimeError) as exc:
-        text = _short(exc)
+        text = one_line(exc)
         low = text.lower()
         if "truncated" in low:
-            raise LucidIOError(f"{name}: truncated HDF5 file ({size} bytes); was it copied completely?") from None
+            raise LucidIOError(f"{name}: truncated HDF5 file ({os.path.getsize(path)} bytes); was it copied completely?") from None
         if "signature" in low or "not an hdf5" in low:
             raise LucidIOError(f"{name}: not an HDF5 file (no HDF5 signature found)") from None
         if "lock" in low:
@@ -127,7 +113,7 @@ def select_dataset(f: h5py.File, dataset: str | None, fname: str) -> h5py.Datase
         try:
             obj = f.get(key)
         except Exception as exc:
-            raise LucidIOError(f"{fname}:{key}: cannot open dataset: {_short(exc)}") from None
+            raise LucidIOError(f"{fname}:{key}: cannot open dataset: {one_line(exc)}") from None
         if obj is None:
             raise LucidIOError(f"{fname}: no dataset {key} (datasets: {_describe(list_datasets(f))})")
         if isinstance(obj, h5py.Group):
@@ -142,7 +128,7 @@ def select_dataset(f: h5py.File, dataset: str | None, fname: str) -> h5py.Datase
         try:
             return f[candidates[0][0]]
         except Exception as exc:  # listed but cannot be opened: a damaged object header
-            raise LucidIOError(f"{fname}:{candidates[0][0]}: cannot open dataset: {_short(exc)}") from None
+            raise LucidIOError(f"{fname}:{candidates[0][0]}: cannot open dataset: {one_line(exc)}") from None
     if not candidates:
         raise LucidIOError(f"{fname}: no dataset with 3 or more dimensions (datasets: {_describe(found)})")
     raise LucidIOError(
@@ -229,7 +215,7 @@ class HDF5Source(Source):
             raise
         except Exception as exc:  # h5py errors from a damaged file (KeyError, ValueError, OSError, ...)
             self.file.close()
-            raise LucidIOError(f"{getattr(self, 'name', shown)}: cannot read the dataset (damaged file?): {_short(exc)}") from exc
+            raise LucidIOError(f"{getattr(self, 'name', shown)}: cannot read the dataset (damaged file?): {one_line(exc)}") from exc
         except BaseException:
             self.file.close()
             raise
@@ -246,7 +232,7 @@ class HDF5Source(Source):
         try:
             stored = ds.dtype
         except ValueError as exc:  # e.g. a float type numpy has no equivalent for
-            raise LucidIOError(f"{self.name}: unsupported data type ({_short(exc)})") from None
+            raise LucidIOError(f"{self.name}: unsupported data type ({one_line(exc)})") from None
         self.dtype = check_dtype(stored, self.name)
         check_shape(self.shape, self.name, self.dtype.itemsize)
         problem = _filter_problem(ds)
@@ -349,7 +335,7 @@ class HDF5Source(Source):
         try:
             self._ds.read_direct(out, source_sel=index)
         except Exception as exc:
-            raise LucidIOError(f"{self.name}: cannot read box {_fmt_box(index)}: {_short(exc)}") from None
+            raise LucidIOError(f"{self.name}: cannot read box {_fmt_box(index)}: {one_line(exc)}") from None
         return out
 
     def close(self) -> None:
@@ -567,7 +553,7 @@ class HDF5Sink(FileSink):
             self.abort()
             if is_no_space(exc):
                 raise no_space_error(self.name, exc) from None
-            raise LucidIOError(f"{self.name}: cannot create the output: {_short(exc)}") from None
+            raise LucidIOError(f"{self.name}: cannot create the output: {one_line(exc)}") from None
 
     # -- metadata
     def _write_metadata(self, like: Source, pooling, kind: str, provenance) -> None:
@@ -648,7 +634,7 @@ class HDF5Sink(FileSink):
             self.abort()
             if is_no_space(exc):
                 raise no_space_error(self.name, exc) from None
-            raise LucidIOError(f"{self.name}: cannot write box {_fmt_box(index)}: {_short(exc)}") from None
+            raise LucidIOError(f"{self.name}: cannot write box {_fmt_box(index)}: {one_line(exc)}") from None
         self.written += data.size
         self._check_guard()
         self.target.wrote(data.nbytes)
@@ -660,7 +646,7 @@ class HDF5Sink(FileSink):
         self.abort()
         if is_no_space(exc):
             raise no_space_error(self.name, exc)
-        raise LucidIOError(f"{self.name}: cannot write the output: {_short(exc)}")
+        raise LucidIOError(f"{self.name}: cannot write the output: {one_line(exc)}")
 
     def _finish(self) -> None:
         """Close the HDF5 file (then FileSink.prepare fsyncs it)."""
@@ -671,7 +657,7 @@ class HDF5Sink(FileSink):
             self.abort()
             if is_no_space(exc):
                 raise no_space_error(self.name, exc) from None
-            raise LucidIOError(f"{self.name}: cannot finish the output: {_short(exc)}") from None
+            raise LucidIOError(f"{self.name}: cannot finish the output: {one_line(exc)}") from None
         self._check_guard()
         self._guard.close()
         self._guard = None

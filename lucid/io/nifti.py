@@ -46,6 +46,8 @@ from nibabel.arrayproxy import ArrayProxy
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.atomic import AtomicTarget, FileSink, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
 from lucid.io.base import (
+    check_input_file,
+    one_line,
     UNIT_TO_UM,
     LucidIOError,
     Source,
@@ -63,30 +65,17 @@ NATIVE = "<" if sys.byteorder == "little" else ">"
 SPOOL_MARK = ".lucid-spool-"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def load_nifti(path: str, name: str):
-    if not os.path.lexists(path):
-        raise LucidIOError(f"{name}: no such file")
-    if not os.path.exists(path):
-        raise LucidIOError(f"{name}: broken symbolic link")
-    if os.path.isdir(path):
-        raise LucidIOError(f"{name}: is a directory, not a NIfTI file")
-    if not os.access(path, os.R_OK):
-        raise LucidIOError(f"{name}: permission denied")
-    if os.path.getsize(path) == 0:
-        raise LucidIOError(f"{name}: file is empty")
+    check_input_file(path, name, "a NIfTI")
     try:
         with _quiet_nibabel():
             img = nib.load(path)
     except PermissionError:
         raise LucidIOError(f"{name}: permission denied") from None
     except (EOFError, gzip.BadGzipFile) as exc:
-        raise LucidIOError(f"{name}: truncated or corrupt NIfTI file ({_one_line(exc)})") from None
+        raise LucidIOError(f"{name}: truncated or corrupt NIfTI file ({one_line(exc)})") from None
     except Exception as exc:  # nibabel raises many types for garbage
-        raise LucidIOError(f"{name}: not a readable NIfTI file ({_one_line(exc)})") from None
+        raise LucidIOError(f"{name}: not a readable NIfTI file ({one_line(exc)})") from None
     if not isinstance(img, nib.Nifti1Image):
         raise LucidIOError(f"{name}: not a NIfTI-1/NIfTI-2 single-file image ({type(img).__name__})")
     return img
@@ -130,7 +119,7 @@ class NiftiSource(Source):
             raise
         except Exception as exc:  # nibabel on a damaged header (KeyError, ValueError, OverflowError, ...)
             self.close()
-            raise LucidIOError(f"{shown}: not a readable NIfTI file ({_one_line(exc)})") from exc
+            raise LucidIOError(f"{shown}: not a readable NIfTI file ({one_line(exc)})") from exc
 
     def _init(self, img, shown: str, axes: str | None, keep_file_open: bool) -> None:
         hdr = img.header
@@ -139,7 +128,7 @@ class NiftiSource(Source):
         try:
             stored = np.dtype(hdr.get_data_dtype())
         except Exception as exc:
-            raise LucidIOError(f"{shown}: unsupported NIfTI data type ({_one_line(exc)})") from None
+            raise LucidIOError(f"{shown}: unsupported NIfTI data type ({one_line(exc)})") from None
         self.stored_dtype = stored
         self.dtype = check_dtype(stored, shown)
         self.shape = tuple(int(n) for n in img.shape)
@@ -252,7 +241,7 @@ class NiftiSource(Source):
         except Exception as exc:
             raise LucidIOError(
                 f"{self.name}: truncated or corrupt data while reading box "
-                f"[{', '.join(f'{s.start}:{s.stop}' for s in index)}] ({_one_line(exc)})"
+                f"[{', '.join(f'{s.start}:{s.stop}' for s in index)}] ({one_line(exc)})"
             ) from None
         if out.dtype != self.dtype or not out.flags.writeable:
             out = out.astype(self.dtype)
@@ -401,7 +390,7 @@ class NiftiSink(FileSink):
         try:
             hdr.set_data_dtype(self.dtype)
         except Exception as exc:
-            raise LucidIOError(f"{self.name}: NIfTI cannot store {self.dtype} ({_one_line(exc)})") from None
+            raise LucidIOError(f"{self.name}: NIfTI cannot store {self.dtype} ({one_line(exc)})") from None
         if scale is None:
             scale = meta.scale if kind == "output" else None
         if kind != "output":
@@ -513,7 +502,7 @@ class NiftiSink(FileSink):
         if is_no_space(exc):
             raise no_space_error(self.name, exc) from None
         if isinstance(exc, OSError):
-            raise LucidIOError(f"{self.name}: {what}: {_one_line(exc)}") from None
+            raise LucidIOError(f"{self.name}: {what}: {one_line(exc)}") from None
         raise exc
 
     def _runs(self, index, arr):
