@@ -344,10 +344,6 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
     return x, codes
 
 
-def decode(code: int, windows: Windows, mults) -> tuple[int, int, int]:
-    return tuple((code // mults[r]) % windows[r].kernel for r in range(3))  # type: ignore[return-value]
-
-
 def unpool(grad: np.ndarray, codes: np.ndarray, axes: Axes, windows: Windows, mults, out: np.ndarray) -> np.ndarray:
     """Add every output's gradient into ``out`` at its window's winner.
 

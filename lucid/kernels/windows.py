@@ -32,11 +32,6 @@ class AxisWindow:
         """Input extent of one window: dilation*(kernel-1) + 1."""
         return self.dilation * (self.kernel - 1) + 1
 
-    @property
-    def overlapping(self) -> bool:
-        """Whether two windows can share an input position (then gradients add up)."""
-        return self.span > self.stride
-
     def tap_range(self, j: int) -> tuple[int, int]:
         """Outputs [lo, hi) whose tap ``j`` falls inside the input."""
         start = j * self.dilation - self.pad  # input position of tap j for output 0
