@@ -91,7 +91,8 @@ def empty_like_layout(x: np.ndarray, shape: Sequence[int], dtype) -> np.ndarray:
     return np.empty([shape[a] for a in perm], dtype).transpose(np.argsort(perm))
 
 
-def _at(ndim: int, axis: int, index) -> tuple:
+def along(ndim: int, axis: int, index) -> tuple:
+    """An index that applies ``index`` to ``axis`` and takes everything else."""
     key = [slice(None)] * ndim
     key[axis] = index
     return tuple(key)
@@ -110,24 +111,24 @@ def _pool_axis_any(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Or
     ready = w.size_out  # outputs [ready, size_out) hold a value (used by "ignore")
     for j in range(w.kernel):
         lo, hi = w.tap_range(j)
-        src = x[_at(n, axis, w.input_slice(j))]
+        src = x[along(n, axis, w.input_slice(j))]
         if pad_value is None:
             first = max(lo, min(ready, hi))
-            np.copyto(out[_at(n, axis, slice(lo, first))], src[_at(n, axis, slice(0, first - lo))])
+            np.copyto(out[along(n, axis, slice(lo, first))], src[along(n, axis, slice(0, first - lo))])
             if hi > ready:
-                dst = out[_at(n, axis, slice(ready, hi))]
-                order.combine(dst, src[_at(n, axis, slice(ready - lo, None))], out=dst)
+                dst = out[along(n, axis, slice(ready, hi))]
+                order.combine(dst, src[along(n, axis, slice(ready - lo, None))], out=dst)
             ready = min(ready, lo) if hi > lo else ready
             continue
-        dst = out[_at(n, axis, slice(lo, hi))]
+        dst = out[along(n, axis, slice(lo, hi))]
         if j == 0:
             np.copyto(dst, src)
-            out[_at(n, axis, slice(0, lo))] = pad_value
-            out[_at(n, axis, slice(hi, None))] = pad_value
+            out[along(n, axis, slice(0, lo))] = pad_value
+            out[along(n, axis, slice(hi, None))] = pad_value
             continue
         order.combine(dst, src, out=dst)
         for border in (slice(0, lo), slice(hi, None)):
-            part = out[_at(n, axis, border)]
+            part = out[along(n, axis, border)]
             if part.size:
                 order.combine(part, pad_value, out=part)
     return out
@@ -176,36 +177,36 @@ def _argpool_axis_any(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, 
     ready = w.size_out
     for j in range(w.kernel):
         lo, hi = w.tap_range(j)
-        tap = _at(n, axis, w.input_slice(j))
+        tap = along(n, axis, w.input_slice(j))
         src = x[tap]
         step = dtype.type(j * mult)
         src_code = np.full((1,) * n, step, dtype) if codes is None else codes[tap] + step
         if pad_value is None:  # each output starts at its first real tap
             first = max(lo, min(ready, hi))
-            new = _at(n, axis, slice(lo, first))
-            head = _at(n, axis, slice(0, first - lo))
+            new = along(n, axis, slice(lo, first))
+            head = along(n, axis, slice(0, first - lo))
             np.copyto(out[new], src[head])
             np.copyto(won[new], src_code if codes is None else src_code[head])
             start = ready
             ready = min(ready, lo) if hi > lo else ready
             if hi <= start:
                 continue
-            rows = _at(n, axis, slice(start, hi))
-            tail = _at(n, axis, slice(start - lo, None))
+            rows = along(n, axis, slice(start, hi))
+            tail = along(n, axis, slice(start - lo, None))
             src, src_code = src[tail], (src_code if codes is None else src_code[tail])
         else:
-            rows = _at(n, axis, slice(lo, hi))
+            rows = along(n, axis, slice(lo, hi))
             if j == 0:
                 np.copyto(out[rows], src)
                 np.copyto(won[rows], src_code)
                 for border in (slice(0, lo), slice(hi, None)):
-                    out[_at(n, axis, border)] = pad_value
-                    won[_at(n, axis, border)] = 0
+                    out[along(n, axis, border)] = pad_value
+                    won[along(n, axis, border)] = 0
                 continue
         _challenge(out[rows], won[rows], src, src_code, order, check_nan, tie_by_code)
         if pad_value is not None and j > 0:  # padded taps take part with pad_value
             for border in (slice(0, lo), slice(hi, None)):
-                key = _at(n, axis, border)
+                key = along(n, axis, border)
                 if out[key].size:
                     _challenge(out[key], won[key], pad_value, step, order, False, tie_by_code)
     return out, won
@@ -225,11 +226,11 @@ def _split(x, axis: int, w: AxisWindow, out: np.ndarray, interior, edge) -> None
     lo, hi = _interior(w)
     if hi > lo:
         taps = [x[key] for key in _tap_keys(n, axis, w, slice(lo, hi))]
-        interior(taps, _at(n, axis, slice(lo, hi)))
+        interior(taps, along(n, axis, slice(lo, hi)))
     for o0, o1 in ((0, lo), (hi, w.size_out)) if hi > lo else ((0, w.size_out),):
         if o1 > o0:
             r0, r1, local = w.slab(o0, o1)
-            edge(x[_at(n, axis, slice(r0, r1))], local, _at(n, axis, slice(o0, o1)))
+            edge(x[along(n, axis, slice(r0, r1))], local, along(n, axis, slice(o0, o1)))
 
 
 def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
@@ -293,7 +294,7 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
 
     def edge(rows, local, key):
         r0 = key[axis].start * w.stride - w.pad
-        sub_codes = None if codes is None else codes[_at(n, axis, slice(max(0, r0), max(0, r0) + rows.shape[axis]))]
+        sub_codes = None if codes is None else codes[along(n, axis, slice(max(0, r0), max(0, r0) + rows.shape[axis]))]
         out[key], won[key] = _argpool_axis_any(rows, sub_codes, axis, local, mult, pad_value, order, dtype,
                                                check_nan, tie_by_code)
 
@@ -304,7 +305,7 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
 def _tap_keys(n: int, axis: int, w: AxisWindow, rows: slice) -> list[tuple]:
     lo, hi = rows.start, rows.stop
     return [
-        _at(n, axis, slice(lo * w.stride - w.pad + j * w.dilation, (hi - 1) * w.stride - w.pad + j * w.dilation + 1, w.stride))
+        along(n, axis, slice(lo * w.stride - w.pad + j * w.dilation, (hi - 1) * w.stride - w.pad + j * w.dilation + 1, w.stride))
         for j in range(w.kernel)
     ]
 
@@ -387,7 +388,7 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
     # Winners outside ``out`` (padding, rows another block owns) add +0.0 to position 0
     # instead: that changes nothing, and no compaction pass is needed.
     for axis, o, inside in planes:
-        key = _at(n, perm.index(axis), o)
+        key = along(n, perm.index(axis), o)
         drop = ~np.take(inside, codes_t[key])
         flat[key][drop] = 0
         values[key][drop] = 0

@@ -1,8 +1,10 @@
 """Run the block kernels over cache-sized tiles on a few threads.
 
-Three passes over a block that fits in L2 cost about one pass over memory,
-and numpy releases the GIL inside ufuncs, so tiles on two threads use both
-cores.  Tiles are cut along the outermost axis in memory.
+Three passes over a block that stays in cache cost little more than one pass
+over memory (measured at 256^3: 2 MiB tiles are 1.3-1.5x faster than
+whole-array passes), and numpy releases the GIL inside ufuncs, so tiles can
+run on several threads (a second thread adds 10-40% on this project's
+machine).  Tiles are cut along the outermost axis in memory.
 
 Backward tiles must not race on shared input rows, and every row must get
 its contributions in ascending output order.  Phase 1 runs every tile on
@@ -52,22 +54,22 @@ def _cuts(count: int, per_tile: int) -> list[tuple[int, int]]:
     return [(a, min(count, a + per_tile)) for a in range(0, count, per_tile)]
 
 
-def _forward_tiles(x: np.ndarray, axes: Axes, windows: Windows, min_outputs: int = 1):
+def _forward_tiles(x: np.ndarray, axes: Axes, windows: Windows):
     """Yield (input key, output key, windows) per tile along the outermost axis."""
     axis = _outer_axis(x)
     row_bytes = x.nbytes // max(1, x.shape[axis])
     if axis in axes:
         r = axes.index(axis)
         w = windows[r]
-        per = max(min_outputs, (TILE_BYTES // max(1, row_bytes) - w.span) // w.stride + 1)
+        per = max(1, (TILE_BYTES // max(1, row_bytes) - w.span) // w.stride + 1)
         for o0, o1 in _cuts(w.size_out, per):
             r0, r1, local = w.slab(o0, o1)
             wins = list(windows)
             wins[r] = local
-            yield maxpool._at(x.ndim, axis, slice(r0, r1)), maxpool._at(x.ndim, axis, slice(o0, o1)), wins
+            yield maxpool.along(x.ndim, axis, slice(r0, r1)), maxpool.along(x.ndim, axis, slice(o0, o1)), wins
     else:
         for a, b in _cuts(x.shape[axis], TILE_BYTES // max(1, row_bytes)):
-            key = maxpool._at(x.ndim, axis, slice(a, b))
+            key = maxpool.along(x.ndim, axis, slice(a, b))
             yield key, key, list(windows)
 
 
@@ -118,7 +120,7 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
         row_bytes = max(1, out.nbytes // out.shape[outer])
         tasks = []
         for a, b in _cuts(grad.shape[outer], TILE_BYTES // row_bytes):
-            key = maxpool._at(grad.ndim, outer, slice(a, b))
+            key = maxpool.along(grad.ndim, outer, slice(a, b))
             tasks.append(lambda key=key: maxpool.unpool(grad[key], codes[key], axes, windows, mults, out[key]))
         _run(tasks, threads)
         return out
@@ -135,8 +137,8 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
         wins = list(windows)
         wins[lead] = local
         n = grad.ndim
-        src = maxpool._at(n, axis, slice(o0, o1))
-        maxpool.unpool(grad[src], codes[src], axes, wins, mults, out[maxpool._at(n, axis, slice(r0, r1))])
+        src = maxpool.along(n, axis, slice(o0, o1))
+        maxpool.unpool(grad[src], codes[src], axes, wins, mults, out[maxpool.along(n, axis, slice(r0, r1))])
 
     def split(o0: int) -> int:  # first row that no output before o0 touches
         return 0 if o0 == 0 else min(w.size_in, max(0, (o0 - 1) * w.stride - w.pad + w.span))

@@ -24,7 +24,7 @@ import numpy as np
 
 from lucid.io.base import Sink, Source
 from lucid.kernels import maxpool, tiled
-from lucid.kernels.maxpool import MAX, Order
+from lucid.kernels.maxpool import MAX, Order, along
 from lucid.stream.plan import Plan, Slab
 
 Progress = Callable[[int, int, int], None]  # (slabs done, slabs total, bytes read)
@@ -207,7 +207,7 @@ class _Carry:
         buffer[...] = 0
         if self.buffer is not None and self.rows[1] > r0:  # rows shared with the previous slab
             keep = slice(r0 - self.rows[0], self.rows[1] - self.rows[0])
-            buffer[_along(axis, slice(0, self.rows[1] - r0))] = self.buffer[_along(axis, keep)]
+            buffer[along(buffer.ndim, axis, slice(0, self.rows[1] - r0))] = self.buffer[along(buffer.ndim, axis, keep)]
         self.buffer, self.rows = buffer, (r0, r1)
         tiled.unpool(grad, codes, self.plan.pooled, windows, mults, buffer, lead=self.plan.slab_r, threads=threads)
 
@@ -217,7 +217,7 @@ class _Carry:
         while self.written < upto:
             if self.buffer is not None and self.rows[0] <= self.written < self.rows[1]:
                 stop = min(upto, self.rows[1])
-                rows = self.buffer[_along(axis, slice(self.written - self.rows[0], stop - self.rows[0]))]
+                rows = self.buffer[along(self.buffer.ndim, axis, slice(self.written - self.rows[0], stop - self.rows[0]))]
                 data = np.array(rows)  # the writer gets its own copy: the buffer lives on
             else:
                 nxt = self.rows[0] if self.buffer is not None and self.rows[0] > self.written else upto
@@ -230,10 +230,6 @@ class _Carry:
         if self.outer is not None:
             self._flush(self.plan.in_shape[self.plan.slab_axis])
             self.outer, self.buffer = None, None
-
-
-def _along(axis: int, index) -> tuple:
-    return (slice(None),) * axis + (index,)
 
 
 def _cast(values: np.ndarray, dtype: np.dtype, sink: Sink) -> np.ndarray:
@@ -271,7 +267,7 @@ def _padding_won(data, axes, windows, pad_value, order, values) -> bool:
             r0, r1, local = w.slab(o0, o1)
             wins = list(windows)
             wins[r] = local
-            real = tiled.pool(data[_along(axes[r], slice(r0, r1))], axes, wins, never, order, threads=1)
-            if not np.array_equal(real, values[_along(axes[r], slice(o0, o1))], equal_nan=real.dtype.kind == "f"):
+            real = tiled.pool(data[along(data.ndim, axes[r], slice(r0, r1))], axes, wins, never, order, threads=1)
+            if not np.array_equal(real, values[along(values.ndim, axes[r], slice(o0, o1))], equal_nan=real.dtype.kind == "f"):
                 return True
     return False
