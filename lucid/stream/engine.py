@@ -1,8 +1,8 @@
 """The executor: stream slabs from a Source through the kernels into Sinks.
 
 A reader thread prefetches slabs, the calling thread computes (the kernels
-use their own tile threads), a writer thread drains results; queues of
-one item bound what is in flight.  The engine never asks which format it
+use their own tile threads), a writer thread drains results; bounded
+queues (one slab in, two results out) cap what is in flight.  The engine never asks which format it
 reads or writes.
 
 Backward: upstream gradients are routed slab by slab into a *carry* buffer
