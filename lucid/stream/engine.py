@@ -2,8 +2,8 @@
 
 A reader thread prefetches slabs, the calling thread computes (the kernels
 use their own tile threads), a writer thread drains results; bounded
-queues (one slab in, two results out) cap what is in flight.  The engine never asks which format it
-reads or writes.
+queues (one slab in, two results out) cap what is in flight.  The engine
+never asks which format it reads or writes.
 
 Backward: upstream gradients are routed slab by slab into a *carry* buffer
 over the slab's input rows.  Windows that overlap (k > s) make neighbouring
