@@ -460,17 +460,23 @@ class GuardedFile:
     def __init__(self, path):
         self._f = open(path, "r+b", buffering=0)
         self.error: OSError | None = None
+        # Ctrl-C (or another signal handler's exception) raised inside this callback:
+        # h5py would turn it into an HDF5 error, so the write is finished and the
+        # sink re-raises it once HDF5 has returned.
+        self.interrupt: BaseException | None = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
-        if self.error is None:
+        while self.error is None:
             try:
                 while len(view):
                     view = view[self._f.write(view):]
                 return n
             except OSError as exc:
                 self.error = exc
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit from a signal handler
+                self.interrupt = self.interrupt or exc
         self._f.seek(len(view), os.SEEK_CUR)
         return n
 
@@ -554,6 +560,9 @@ class HDF5Sink(FileSink):
             if is_no_space(exc):
                 raise no_space_error(self.name, exc) from None
             raise LucidIOError(f"{self.name}: cannot create the output: {one_line(exc)}") from None
+        except BaseException:  # Ctrl-C: no temporary file stays behind
+            self.abort()
+            raise
 
     # -- metadata
     def _write_metadata(self, like: Source, pooling, kind: str, provenance) -> None:
@@ -640,6 +649,9 @@ class HDF5Sink(FileSink):
         self.target.wrote(data.nbytes)
 
     def _check_guard(self) -> None:
+        if self._guard is not None and self._guard.interrupt is not None:
+            interrupt, self._guard.interrupt = self._guard.interrupt, None
+            raise interrupt
         exc = self._guard.error if self._guard is not None else None
         if exc is None:
             return
