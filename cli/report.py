@@ -68,7 +68,7 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
         out.append(line("output", f"{r['output']}: {shape(r['out_shape'])} {r['out_dtype']}"))
     if r["grad_out"]:
         upstream = r["grad_in"] or "ones (how many windows chose each voxel)"
-        out.append(line("gradient", f"{r['grad_out']}: {shape(r['in_shape'])} float32, upstream {upstream}"))
+        out.append(line("gradient", f"{r['grad_out']}: {shape(r['in_shape'])} {r['grad_dtype']}, upstream {upstream}"))
     if r["indices_out"]:
         out.append(line("indices", f"{r['indices_out']}: {shape(r['out_shape'])} int64"))
     out.append(line("pooling", _pooling(r)))
@@ -93,7 +93,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     if r["output"]:
         out.append(f"  wrote {r['output']}: {shape(r['out_shape'])} {r['out_dtype']}")
     if r["grad_out"]:
-        out.append(f"  wrote {r['grad_out']}: gradient map {shape(r['in_shape'])} float32"
+        out.append(f"  wrote {r['grad_out']}: gradient map {shape(r['in_shape'])} {r['grad_dtype']}"
                    f" (upstream {r['grad_in'] or 'ones'})")
     if r["indices_out"]:
         out.append(f"  wrote {r['indices_out']}: argmax indices {shape(r['out_shape'])} int64")

@@ -38,6 +38,7 @@ class PoolReport:
     out_shape: tuple[int, ...]
     dtype: str
     out_dtype: str
+    grad_dtype: str
     kernel: tuple[int, int, int]
     stride: tuple[int, int, int]
     padding: tuple[int, int, int]
@@ -152,7 +153,7 @@ def pool3d_file(
                 )
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
-        report = _report(source, plan, spec, out_dtype, limit, input, output, grad_in, grad_out, indices_out)
+        report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out)
         if dry_run:
             report.dry_run = True
             return report
@@ -175,7 +176,9 @@ def pool3d_file(
             out_sink = open_sink(output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=out_dataset, **common)
             sinks.append(out_sink)
         if grad_out is not None:
-            grad_sink = open_sink(grad_out, plan.in_shape, grad_dtype, pooling=None, kind="gradient", **common)
+            in_rows = plan.rows_per_slab * plan.windows[plan.slab_r].stride  # the gradient map is on the input grid
+            grad_sink = open_sink(grad_out, plan.in_shape, grad_dtype, pooling=None, kind="gradient",
+                                  **{**common, "slab_rows": in_rows})
             sinks.append(grad_sink)
         if indices_out is not None:
             index_sink = open_sink(indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices", **common)
@@ -246,7 +249,8 @@ def _axis_name(source: Source, axis: int) -> str:
     return f"axis {axis} ({source.layout.axes[axis]})"
 
 
-def _report(source, plan: Plan, spec: PoolSpec, out_dtype, limit, input, output, grad_in, grad_out, indices_out) -> PoolReport:
+def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out,
+            indices_out) -> PoolReport:
     meta = source.meta
     spacing_out = None
     if meta.spacing is not None:
@@ -269,6 +273,7 @@ def _report(source, plan: Plan, spec: PoolSpec, out_dtype, limit, input, output,
         out_shape=tuple(plan.out_shape),
         dtype=str(source.dtype),
         out_dtype=str(out_dtype),
+        grad_dtype=str(np.dtype(grad_dtype)),
         kernel=spec.kernel,
         stride=spec.stride,
         padding=spec.padding,
