@@ -47,7 +47,7 @@ from lucid.io.base import (
     normalize_index,
     pooling_matrix,
 )
-from lucid.io.layout import parse_layout
+from lucid.io.layout import outer_axes, parse_layout
 
 SKIP_ATTRS = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME"}
 # rewritten by the sink rather than copied
@@ -537,11 +537,7 @@ class HDF5Sink(FileSink):
             self._guard = GuardedFile(self.target.tmp)
             self.file = h5py.File(self._guard, "w")
             slab_axis = like.slab_axis
-            # carried axes slower in the source's memory than the slab axis: one index per write
-            if like.order == "F":
-                outer = [a for a in like.layout.carried if a > slab_axis]
-            else:
-                outer = [a for a in like.layout.carried if a < slab_axis]
+            outer = outer_axes(len(self.shape), like.layout.pooled, slab_axis, like.order)  # one index per write
             chunks = choose_chunks(self.shape, self.dtype.itemsize, slab_axis, slab_rows, outer)
             kwargs = {}
             if codec:

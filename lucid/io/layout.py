@@ -19,6 +19,8 @@ Defaults: HDF5 and in-memory arrays (C order) 3-D ``"dhw"``, 4-D ``"cdhw"``,
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from lucid.io.base import Layout, LayoutError
 
 STRONG_POOLED = "dhzyx"
@@ -105,3 +107,13 @@ def nifti_axis_order(layout: Layout, order: str) -> tuple[int, ...]:
             pooled = [a for _, a in sorted(zip(ranks, layout.pooled))]
     carried = [a for a in speed if a not in layout.pooled]
     return tuple(pooled + carried)
+
+
+def outer_axes(ndim: int, pooled: Sequence[int], slab_axis: int, order: str) -> tuple[int, ...]:
+    """Carried axes slower in memory than the slab axis (C: before it; F: after it).
+
+    The streaming engine walks these one index at a time, so sinks can lay out
+    their chunks for that order."""
+    carried = [a for a in range(ndim) if a not in pooled]
+    slower = [a for a in carried if (a < slab_axis if order == "C" else a > slab_axis)]
+    return tuple(sorted(slower, reverse=(order == "F")))

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from lucid.io.layout import outer_axes
 from lucid.kernels.maxpool import code_dtype
 from lucid.kernels.windows import AxisWindow, PoolSpec
 
@@ -89,13 +90,6 @@ def cut_slabs(w: AxisWindow, rows: int) -> tuple[Slab, ...]:
         r0, r1, local = w.slab(o0, o1)
         slabs.append(Slab((o0, o1), (r0, r1), local))
     return tuple(slabs)
-
-
-def outer_axes(ndim: int, pooled: Sequence[int], slab_axis: int, order: str) -> tuple[int, ...]:
-    """Carried axes slower in memory than the slab axis (C: before it; F: after it)."""
-    carried = [a for a in range(ndim) if a not in pooled]
-    slower = [a for a in carried if (a < slab_axis if order == "C" else a > slab_axis)]
-    return tuple(sorted(slower, reverse=(order == "F")))
 
 
 def plan_slabs(
