@@ -105,7 +105,10 @@ def _resized(shape: Sequence[int], axis: int, size: int) -> list[int]:
 
 
 def _pool_axis_any(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
-    """Sliding extreme along one axis: values only, any window (padding, ragged ends)."""
+    """Sliding extreme along one axis: values only, any window (padding, ragged ends).
+
+    The values half of ``_argpool_axis_any``; kept apart because tile edges are
+    frequent enough that computing unused codes there made ``pool`` 40% slower."""
     out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
     n = x.ndim
     ready = w.size_out  # outputs [ready, size_out) hold a value (used by "ignore")
