@@ -108,13 +108,15 @@ def test_tiles_and_threads_change_no_bit(monkeypatch, tile_bytes, threads):
     g = rng.standard_normal(x.shape).astype(np.float32)  # k=3, s=1, p=1 keeps the size
     want = _run(x, 3, 1, 1, 1, False, "zeros", grad=g)
     monkeypatch.setattr(tiled, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(tiled, "UNPOOL_BLOCK_OUTPUTS", tile_bytes // 4)
     monkeypatch.setattr(tiled, "default_threads", lambda: threads)
     got = _run(x, 3, 1, 1, 1, False, "zeros", grad=g)
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a, b)
-    # a single (n, c) volume is tiled along depth, with the two-phase backward
+    # a single (n, c) volume is tiled along depth; its backward runs in blocks of depth planes
     want1 = _run(x[:1, :1], 3, 1, 1, 1, False, "zeros", grad=g[:1, :1])
     monkeypatch.setattr(tiled, "TILE_BYTES", 10**9)
+    monkeypatch.setattr(tiled, "UNPOOL_BLOCK_OUTPUTS", 10**9)
     for a, b in zip(want1, _run(x[:1, :1], 3, 1, 1, 1, False, "zeros", grad=g[:1, :1])):
         np.testing.assert_array_equal(a, b)
 

@@ -369,21 +369,13 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
     n = grad.ndim
     count = windows[0].kernel * windows[1].kernel * windows[2].kernel
     step = [stride // out.itemsize for stride in out.strides]
-    index_type = np.int32 if out.size < 2**31 else np.int64
     priority = sorted(range(3), key=lambda r: -mults[r])
     perm = [a for a in range(n) if a not in axes] + [axes[r] for r in priority]
     codes_t = codes.transpose(perm)
-    origin = np.zeros((1,) * n, index_type)  # flat index of each output's window origin
-    for i, a in enumerate(perm):
-        if a in axes:
-            w = windows[axes.index(a)]
-            coord = np.arange(w.size_out, dtype=index_type) * w.stride - w.pad
-        else:
-            coord = np.arange(grad.shape[a], dtype=index_type)
-        origin = origin + (coord * step[a]).reshape([-1 if b == i else 1 for b in range(n)])
-    every = np.arange(count, dtype=index_type)  # and of each code's winner from there
+    every = np.arange(count, dtype=np.intp)  # flat offset of each code's winner from its window's origin
     offset = sum((every // mults[r] % windows[r].kernel) * (windows[r].dilation * step[axes[r]]) for r in range(3))
-    flat = origin + np.take(offset.astype(index_type), codes_t)
+    flat = np.take(offset, codes_t.astype(np.intp))  # intp indices: numpy's fast paths for take and add.at
+    flat += _window_origins(grad.shape, perm, axes, windows, step)
     values = grad.transpose(perm)
     planes = _planes_reaching_out(axes, windows, mults)
     if planes:  # a copy we may change (the caller's gradient stays as it is)
@@ -395,9 +387,23 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
         drop = ~np.take(inside, codes_t[key])
         flat[key][drop] = 0
         values[key][drop] = 0
-    flat, values = flat.ravel(), values.ravel()
-    np.add.at(out.reshape(-1, order="A"), flat, values)
+    np.add.at(out.reshape(-1, order="A"), flat.ravel(), values.ravel())
     return out
+
+
+def _window_origins(shape, perm, axes: Axes, windows: Windows, step) -> np.ndarray:
+    """Flat index of every output's window origin, axes in ``perm`` order.
+
+    Built innermost axis first by outer sums, so only the last sum is full size."""
+    origin = np.zeros((), np.intp)
+    for a in reversed(perm):
+        if a in axes:
+            w = windows[axes.index(a)]
+            coord = np.arange(w.size_out, dtype=np.intp) * w.stride - w.pad
+        else:
+            coord = np.arange(shape[a], dtype=np.intp)
+        origin = np.add.outer(coord * step[a], origin)
+    return origin
 
 
 def _planes_reaching_out(axes: Axes, windows: Windows, mults) -> list[tuple[int, int, np.ndarray]]:

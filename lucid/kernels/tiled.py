@@ -6,10 +6,10 @@ whole-array passes), and numpy releases the GIL inside ufuncs, so tiles can
 run on several threads (a second thread adds 10-40% on this project's
 machine).  Tiles are cut along the outermost axis in memory.
 
-Backward tiles must not race on shared input rows, and every row must get
-its contributions in ascending output order.  Phase 1 runs every tile on
-the rows no earlier tile touches; phase 2 then adds each tile's share of the
-rows it shares with the tile before it.  Both phases are parallel.
+The backward is a scatter bound by memory traffic: one thread, in blocks
+of outputs run in ascending order along the most significant axis, so every
+input position gets its contributions in PyTorch's order.  Only blocks along
+a carried outer axis (which share no input rows) go to threads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from lucid.kernels import maxpool
 from lucid.kernels.maxpool import MAX, Axes, Order, Windows
 
 TILE_BYTES = 2 << 20  # input bytes per tile: its passes stay in L2/L3
+UNPOOL_BLOCK_OUTPUTS = 1 << 19  # outputs per backward block
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -109,11 +110,12 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
 
 
 def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, lead: int, threads=None) -> np.ndarray:
-    """Add output gradients into ``out`` at the winners, tiled along ``axes[lead]``.
+    """Add output gradients into ``out`` at the winners, in blocks of outputs.
 
-    ``lead`` must be the most significant axis of ``mults`` (``priority[0]``)
-    so that tile after tile is ascending output order.  A carried outer axis
-    is used instead when there is one: its tiles share nothing.
+    ``lead`` must be the most significant axis of ``mults`` (``priority[0]``):
+    blocks run one after another along it, so every position gets its
+    contributions in ascending output order.  A carried outer axis is used
+    instead when there is one: its blocks share nothing and run on threads.
     """
     outer = _outer_axis(grad)
     if outer not in axes and grad.shape[outer] > 1:
@@ -125,25 +127,14 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
         _run(tasks, threads)
         return out
 
+    # The scatter is bound by memory, not arithmetic: threads gained nothing
+    # here.  Blocks only bound the index arrays (about 20 bytes per output).
     axis, w = axes[lead], windows[lead]
-    row_bytes = max(1, out.nbytes // max(1, out.shape[axis]))
-    per = max(-(-w.span // w.stride), TILE_BYTES // row_bytes // w.stride)
-    tiles = _cuts(w.size_out, per)
-
-    def task(o0: int, o1: int, r0: int, r1: int) -> None:
-        if r1 <= r0:
-            return
-        _, _, local = w.slab(o0, o1, r0, r1)
+    per = max(1, UNPOOL_BLOCK_OUTPUTS * w.size_out // max(1, grad.size))
+    for o0, o1 in _cuts(w.size_out, per):
+        _, _, local = w.slab(o0, o1, 0, w.size_in)
         wins = list(windows)
         wins[lead] = local
-        n = grad.ndim
-        src = maxpool.along(n, axis, slice(o0, o1))
-        maxpool.unpool(grad[src], codes[src], axes, wins, mults, out[maxpool.along(n, axis, slice(r0, r1))])
-
-    def split(o0: int) -> int:  # first row that no output before o0 touches
-        return 0 if o0 == 0 else min(w.size_in, max(0, (o0 - 1) * w.stride - w.pad + w.span))
-
-    _run([(lambda t=t: task(t[0], t[1], split(t[0]), w.size_in)) for t in tiles], threads)
-    _run([(lambda t=t: task(t[0], t[1], max(0, t[0] * w.stride - w.pad), split(t[0]))) for t in tiles[1:]], threads)
+        key = maxpool.along(grad.ndim, axis, slice(o0, o1))
+        maxpool.unpool(grad[key], codes[key], axes, wins, mults, out)
     return out
-
