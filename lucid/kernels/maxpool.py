@@ -28,6 +28,7 @@ engine gets when it accumulates slab after slab along ``priority[0]``.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -104,36 +105,46 @@ def _resized(shape: Sequence[int], axis: int, size: int) -> list[int]:
     return shape
 
 
-def _pool_axis_any(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
-    """Sliding extreme along one axis: values only, any window (padding, ragged ends).
+@functools.lru_cache(maxsize=256)
+def _tap_plan(w: AxisWindow) -> tuple[tuple[slice, tuple[tuple[int, slice | None], ...]], ...]:
+    """Groups of outputs along one axis, and what each tap reads for them.
 
-    The values half of ``_argpool_axis_any``; kept apart because tile edges are
-    frequent enough that computing unused codes there made ``pool`` 40% slower."""
+    The interior outputs (every tap inside the input) are one group whose taps
+    are strided slices; every output that touches padding is a group of its
+    own, whose taps are one-row slices or None for a tap in the padding.
+    Returns ``((outputs, ((j, input rows or None), ...)), ...)``.
+    """
+    lo, hi = _interior(w)
+    groups = []
+    if hi > lo:
+        first = lo * w.stride - w.pad
+        last = (hi - 1) * w.stride - w.pad
+        taps = tuple((j, slice(first + j * w.dilation, last + j * w.dilation + 1, w.stride)) for j in range(w.kernel))
+        groups.append((slice(lo, hi), taps))
+    for o in [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out):
+        positions = [(j, o * w.stride - w.pad + j * w.dilation) for j in range(w.kernel)]
+        taps = tuple((j, slice(p, p + 1) if 0 <= p < w.size_in else None) for j, p in positions)
+        groups.append((slice(o, o + 1), taps))
+    return tuple(groups)
+
+
+def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
+    """Sliding extreme along one axis: values only (the fast forward path).
+
+    ``pad_value`` is what a tap in the padding reads; None leaves such taps out."""
     out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
     n = x.ndim
-    ready = w.size_out  # outputs [ready, size_out) hold a value (used by "ignore")
-    for j in range(w.kernel):
-        lo, hi = w.tap_range(j)
-        src = x[along(n, axis, w.input_slice(j))]
-        if pad_value is None:
-            first = max(lo, min(ready, hi))
-            np.copyto(out[along(n, axis, slice(lo, first))], src[along(n, axis, slice(0, first - lo))])
-            if hi > ready:
-                dst = out[along(n, axis, slice(ready, hi))]
-                order.combine(dst, src[along(n, axis, slice(ready - lo, None))], out=dst)
-            ready = min(ready, lo) if hi > lo else ready
+    pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
+    for outputs, taps in _tap_plan(w):
+        srcs = [pad_value if rows is None else x[along(n, axis, rows)] for _, rows in taps
+                if rows is not None or pad_value is not None]
+        dst = out[along(n, axis, outputs)]
+        if len(srcs) == 1:
+            np.copyto(dst, srcs[0])
             continue
-        dst = out[along(n, axis, slice(lo, hi))]
-        if j == 0:
-            np.copyto(dst, src)
-            out[along(n, axis, slice(0, lo))] = pad_value
-            out[along(n, axis, slice(hi, None))] = pad_value
-            continue
-        order.combine(dst, src, out=dst)
-        for border in (slice(0, lo), slice(hi, None)):
-            part = out[along(n, axis, border)]
-            if part.size:
-                order.combine(part, pad_value, out=part)
+        order.combine(srcs[0], srcs[1], out=dst)
+        for src in srcs[2:]:
+            order.combine(dst, src, out=dst)
     return out
 
 
@@ -165,53 +176,49 @@ def _challenge(dst, dst_code, src, candidate, order: Order, check_nan: bool, tie
     order.combine(dst, src, out=dst)
 
 
-def _argpool_axis_any(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype,
-                      check_nan: bool = True, tie_by_code: bool = False):
-    """Sliding extreme along one axis, carrying winner codes; any window.
+def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype,
+                 check_nan: bool = True, tie_by_code: bool = False):
+    """Sliding extreme along one axis, carrying winner codes.
 
     ``codes`` are the codes of ``x`` from earlier stages (None for the first);
-    tap ``j`` adds ``j * mult``.  See ``_challenge`` for who wins.
+    tap ``j`` adds ``j * mult``.  A tap in the padding reads ``pad_value`` with
+    the code of its tap alone (None: it is left out).  Ties keep the earlier
+    tap (or the smaller code, with ``tie_by_code``); NaN takes the later.
     """
     shape = _resized(x.shape, axis, w.size_out)
     out = empty_like_layout(x, shape, x.dtype)
     won = empty_like_layout(x, shape, dtype)
     n = x.ndim
     check_nan = check_nan and x.dtype.kind == "f"
-    ready = w.size_out
-    for j in range(w.kernel):
-        lo, hi = w.tap_range(j)
-        tap = along(n, axis, w.input_slice(j))
-        src = x[tap]
-        step = dtype.type(j * mult)
-        src_code = np.full((1,) * n, step, dtype) if codes is None else codes[tap] + step
-        if pad_value is None:  # each output starts at its first real tap
-            first = max(lo, min(ready, hi))
-            new = along(n, axis, slice(lo, first))
-            head = along(n, axis, slice(0, first - lo))
-            np.copyto(out[new], src[head])
-            np.copyto(won[new], src_code if codes is None else src_code[head])
-            start = ready
-            ready = min(ready, lo) if hi > lo else ready
-            if hi <= start:
+    pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
+    for outputs, taps in _tap_plan(w):
+        dst, dst_code = out[along(n, axis, outputs)], won[along(n, axis, outputs)]
+        srcs, cands = [], []
+        for j, rows in taps:
+            step = dtype.type(j * mult)
+            if rows is None:
+                if pad_value is not None:
+                    srcs.append(pad_value)
+                    cands.append(step)
                 continue
-            rows = along(n, axis, slice(start, hi))
-            tail = along(n, axis, slice(start - lo, None))
-            src, src_code = src[tail], (src_code if codes is None else src_code[tail])
+            key = along(n, axis, rows)
+            srcs.append(x[key])
+            cands.append(step if codes is None else codes[key] + step)
+        if len(srcs) == 1:
+            np.copyto(dst, srcs[0])
+            np.copyto(dst_code, cands[0])
+            continue
+        # The first two taps straight into the outputs: no copy of tap 0 to challenge.
+        better = _wins(srcs[1], srcs[0], cands[1], cands[0], order, check_nan, tie_by_code)
+        order.combine(srcs[0], srcs[1], out=dst)
+        if isinstance(cands[0], np.generic) and cands[0] == 0:
+            np.multiply(better, cands[1], out=dst_code)
         else:
-            rows = along(n, axis, slice(lo, hi))
-            if j == 0:
-                np.copyto(out[rows], src)
-                np.copyto(won[rows], src_code)
-                for border in (slice(0, lo), slice(hi, None)):
-                    out[along(n, axis, border)] = pad_value
-                    won[along(n, axis, border)] = 0
-                continue
-        _challenge(out[rows], won[rows], src, src_code, order, check_nan, tie_by_code)
-        if pad_value is not None and j > 0:  # padded taps take part with pad_value
-            for border in (slice(0, lo), slice(hi, None)):
-                key = along(n, axis, border)
-                if out[key].size:
-                    _challenge(out[key], won[key], pad_value, step, order, False, tie_by_code)
+            np.subtract(cands[1], cands[0], out=dst_code)  # unsigned arithmetic: an exact select
+            dst_code *= better
+            dst_code += cands[0]
+        for src, cand in zip(srcs[2:], cands[2:]):
+            _challenge(dst, dst_code, src, cand, order, check_nan, tie_by_code)
     return out, won
 
 
@@ -220,97 +227,6 @@ def _interior(w: AxisWindow) -> tuple[int, int]:
     lo = max(0, -(-w.pad // w.stride))
     hi = min(w.size_out, (w.size_in - w.span + w.pad) // w.stride + 1)
     return lo, max(lo, hi)
-
-
-def _split(x, axis: int, w: AxisWindow, out: np.ndarray, interior, edge) -> None:
-    """Fill ``out`` along ``axis``: the interior outputs by the fast ``interior(src_taps, dst)``,
-    the few outputs that touch padding by the general ``edge(x_rows, local_window)``."""
-    n = x.ndim
-    lo, hi = _interior(w)
-    if hi > lo:
-        taps = [x[key] for key in _tap_keys(n, axis, w, slice(lo, hi))]
-        interior(taps, along(n, axis, slice(lo, hi)))
-    for o0, o1 in ((0, lo), (hi, w.size_out)) if hi > lo else ((0, w.size_out),):
-        if o1 > o0:
-            r0, r1, local = w.slab(o0, o1)
-            edge(x[along(n, axis, slice(r0, r1))], local, along(n, axis, slice(o0, o1)))
-
-
-def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
-    """Sliding extreme along one axis: values only (the fast forward path)."""
-    out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
-
-    def interior(taps, rows):
-        dst = out[rows]
-        if len(taps) == 1:
-            np.copyto(dst, taps[0])
-            return
-        order.combine(taps[0], taps[1], out=dst)
-        for src in taps[2:]:
-            order.combine(dst, src, out=dst)
-
-    def edge(rows, local, key):
-        out[key] = _pool_axis_any(rows, axis, local, pad_value, order)
-
-    _split(x, axis, w, out, interior, edge)
-    return out
-
-
-def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype,
-                 check_nan: bool = True, tie_by_code: bool = False):
-    """Sliding extreme along one axis, carrying winner codes.
-
-    ``codes`` are the codes of ``x`` from earlier stages (None for the first);
-    tap ``j`` adds ``j * mult``.  Ties keep the earlier tap; NaN takes the later.
-    """
-    shape = _resized(x.shape, axis, w.size_out)
-    out = empty_like_layout(x, shape, x.dtype)
-    won = empty_like_layout(x, shape, dtype)
-    n = x.ndim
-
-    check_nan = check_nan and x.dtype.kind == "f"
-
-    def interior(taps, rows):
-        dst, dst_code = out[rows], won[rows]
-        code_taps = None if codes is None else [codes[key] for key in _tap_keys(n, axis, w, rows[axis])]
-
-        def candidate(j):
-            step = dtype.type(j * mult)
-            return step if code_taps is None else code_taps[j] + step
-
-        if len(taps) == 1:
-            np.copyto(dst, taps[0])
-            np.copyto(dst_code, candidate(0))
-            return
-        # The first two taps straight into the outputs: no copy of tap 0 to challenge.
-        first, second = candidate(0), candidate(1)
-        better = _wins(taps[1], taps[0], second, first, order, check_nan, tie_by_code)
-        order.combine(taps[0], taps[1], out=dst)
-        if code_taps is None:  # first = 0
-            np.multiply(better, second, out=dst_code)
-        else:
-            np.subtract(second, first, out=dst_code)  # unsigned arithmetic: an exact select
-            dst_code *= better
-            dst_code += first
-        for j in range(2, len(taps)):
-            _challenge(dst, dst_code, taps[j], candidate(j), order, check_nan, tie_by_code)
-
-    def edge(rows, local, key):
-        r0 = key[axis].start * w.stride - w.pad
-        sub_codes = None if codes is None else codes[along(n, axis, slice(max(0, r0), max(0, r0) + rows.shape[axis]))]
-        out[key], won[key] = _argpool_axis_any(rows, sub_codes, axis, local, mult, pad_value, order, dtype,
-                                               check_nan, tie_by_code)
-
-    _split(x, axis, w, out, interior, edge)
-    return out, won
-
-
-def _tap_keys(n: int, axis: int, w: AxisWindow, rows: slice) -> list[tuple]:
-    lo, hi = rows.start, rows.stop
-    return [
-        along(n, axis, slice(lo * w.stride - w.pad + j * w.dilation, (hi - 1) * w.stride - w.pad + j * w.dilation + 1, w.stride))
-        for j in range(w.kernel)
-    ]
 
 
 def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX) -> np.ndarray:
