@@ -76,8 +76,8 @@ def code_mults(windows: Windows, priority: Sequence[int] = (0, 1, 2)) -> tuple[i
 
 def code_dtype(windows: Windows) -> np.dtype:
     count = windows[0].kernel * windows[1].kernel * windows[2].kernel
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if count <= np.iinfo(dtype).max + 1:
+    for dtype, limit in ((np.uint8, 1 << 8), (np.uint16, 1 << 16), (np.uint32, 1 << 32)):
+        if count <= limit:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
 
@@ -128,11 +128,12 @@ def _tap_plan(w: AxisWindow) -> tuple[tuple[slice, tuple[tuple[int, slice | None
     return tuple(groups)
 
 
-def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX) -> np.ndarray:
+def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX, out=None) -> np.ndarray:
     """Sliding extreme along one axis: values only (the fast forward path).
 
     ``pad_value`` is what a tap in the padding reads; None leaves such taps out."""
-    out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
+    if out is None:
+        out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
     n = x.ndim
     pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
     for outputs, taps in _tap_plan(w):
@@ -177,17 +178,17 @@ def _challenge(dst, dst_code, src, candidate, order: Order, check_nan: bool, tie
 
 
 def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order: Order, dtype,
-                 check_nan: bool = True, tie_by_code: bool = False):
+                 check_nan: bool = True, tie_by_code: bool = False, out=None):
     """Sliding extreme along one axis, carrying winner codes.
 
     ``codes`` are the codes of ``x`` from earlier stages (None for the first);
     tap ``j`` adds ``j * mult``.  A tap in the padding reads ``pad_value`` with
     the code of its tap alone (None: it is left out).  Ties keep the earlier
     tap (or the smaller code, with ``tie_by_code``); NaN takes the later.
+    ``out``: a (values, codes) pair to fill.
     """
     shape = _resized(x.shape, axis, w.size_out)
-    out = empty_like_layout(x, shape, x.dtype)
-    won = empty_like_layout(x, shape, dtype)
+    out, won = out or (empty_like_layout(x, shape, x.dtype), empty_like_layout(x, shape, dtype))
     n = x.ndim
     check_nan = check_nan and x.dtype.kind == "f"
     pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
@@ -229,19 +230,21 @@ def _interior(w: AxisWindow) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX) -> np.ndarray:
-    """Max (or min) pool one block over ``axes``: values only.
+def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX, out=None) -> np.ndarray:
+    """Max (or min) pool one block over ``axes``: values only (into ``out`` if given).
 
     Passes run outermost-in-memory axis first: those read whole contiguous
     rows, so the strided pass comes last, on the smallest array.
     """
-    for r in sorted(range(3), key=lambda r: -abs(x.strides[axes[r]])):
-        x = pool_axis(x, axes[r], windows[r], pad_value, order)
+    stages = sorted(range(3), key=lambda r: -abs(x.strides[axes[r]]))
+    for r in stages:
+        x = pool_axis(x, axes[r], windows[r], pad_value, order, out if r == stages[-1] else None)
     return x
 
 
-def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, order: Order = MAX):
-    """Max (or min) pool one block over ``axes``; returns ``(values, codes)``.
+def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, order: Order = MAX, out=None):
+    """Max (or min) pool one block over ``axes``; returns ``(values, codes)``
+    (filling ``out``, a (values, codes) pair, if given).
 
     Stages go innermost logical axis first (w, h, d): then a plain "earlier tap
     wins ties" gives row-major order.  When the codes are row-major
@@ -260,7 +263,8 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
     codes = None
     for i, r in enumerate(stages):
         tie_by_code = any(q < r for q in stages[:i])  # an earlier stage chose along a more significant axis
-        x, codes = argpool_axis(x, codes, axes[r], windows[r], mults[r], pad_value, order, dtype, check_nan, tie_by_code)
+        x, codes = argpool_axis(x, codes, axes[r], windows[r], mults[r], pad_value, order, dtype, check_nan, tie_by_code,
+                                out if i == 2 else None)
     return x, codes
 
 
@@ -293,7 +297,7 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
     flat = np.take(offset, codes_t.astype(np.intp))  # intp indices: numpy's fast paths for take and add.at
     flat += _window_origins(grad.shape, perm, axes, windows, step)
     values = grad.transpose(perm)
-    planes = _planes_reaching_out(axes, windows, mults)
+    planes = _planes_reaching_out(tuple(axes), tuple(windows), tuple(mults))
     if planes:  # a copy we may change (the caller's gradient stays as it is)
         values = values.copy()
     # Winners outside ``out`` (padding, rows another block owns) add +0.0 to position 0
@@ -322,10 +326,11 @@ def _window_origins(shape, perm, axes: Axes, windows: Windows, step) -> np.ndarr
     return origin
 
 
-def _planes_reaching_out(axes: Axes, windows: Windows, mults) -> list[tuple[int, int, np.ndarray]]:
+@functools.lru_cache(maxsize=64)
+def _planes_reaching_out(axes: Axes, windows: tuple[AxisWindow, ...], mults) -> tuple[tuple[int, int, np.ndarray], ...]:
     """Output planes whose windows reach past the input rows (padding, or rows
     another block owns): ``(axis, output, inside)`` where ``inside[code]`` says
-    whether that code's tap along ``axis`` is inside the rows."""
+    whether that code's tap along ``axis`` is inside the rows (cached: read-only)."""
     planes = []
     every = np.arange(windows[0].kernel * windows[1].kernel * windows[2].kernel)
     for r, w in enumerate(windows):
@@ -335,8 +340,9 @@ def _planes_reaching_out(axes: Axes, windows: Windows, mults) -> list[tuple[int,
             pos = o * w.stride - w.pad + tap * w.dilation
             inside = (pos >= 0) & (pos < w.size_in)
             if not inside.all():
+                inside.flags.writeable = False
                 planes.append((axes[r], o, inside))
-    return planes
+    return tuple(planes)
 
 
 def flat_indices(codes: np.ndarray, axes: Axes, windows: Windows, mults, origin=(0, 0, 0), sizes=None) -> np.ndarray:

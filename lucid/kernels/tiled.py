@@ -29,8 +29,11 @@ UNPOOL_BLOCK_OUTPUTS = 1 << 19  # outputs per backward block
 _executor: ThreadPoolExecutor | None = None
 
 
+_CPUS = os.cpu_count() or 1  # asked once: the call costs more than a small tile's pass
+
+
 def default_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+    return max(1, min(_CPUS, 8))
 
 
 def _run(tasks: Sequence[Callable[[], None]], threads: int | None) -> None:
@@ -86,7 +89,7 @@ def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order 
     maxpool.check_dtype(x.dtype)
     out = maxpool.empty_like_layout(x, _out_shape(x, axes, windows), x.dtype)
     tasks = [
-        (lambda i=i, o=o, w=w: np.copyto(out[o], maxpool.pool(x[i], axes, w, pad_value, order)))
+        (lambda i=i, o=o, w=w: maxpool.pool(x[i], axes, w, pad_value, order, out=out[o]))
         for i, o, w in _forward_tiles(x, axes, windows)
     ]
     _run(tasks, threads)
@@ -100,12 +103,11 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
     out = maxpool.empty_like_layout(x, shape, x.dtype)
     codes = maxpool.empty_like_layout(x, shape, maxpool.code_dtype(windows))
 
-    def task(i, o, w):
-        values, won = maxpool.argpool(x[i], axes, w, mults, pad_value, order)
-        np.copyto(out[o], values)
-        np.copyto(codes[o], won)
-
-    _run([(lambda t=t: task(*t)) for t in _forward_tiles(x, axes, windows)], threads)
+    tasks = [
+        (lambda i=i, o=o, w=w: maxpool.argpool(x[i], axes, w, mults, pad_value, order, out=(out[o], codes[o])))
+        for i, o, w in _forward_tiles(x, axes, windows)
+    ]
+    _run(tasks, threads)
     return out, codes
 
 

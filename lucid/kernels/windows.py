@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -66,6 +67,8 @@ class AxisWindow:
 
 
 def _triple(value, name: str) -> tuple[int, int, int]:
+    if type(value) is int:  # the common case, without the abstract-class checks below
+        return (value, value, value)
     items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
     if len(items) != 3:
         raise ValueError(f"{name} must be an int or a tuple of 3 ints (depth, height, width), got {value!r}")
@@ -123,6 +126,10 @@ class PoolSpec:
         return tuple(self.output_size(n, a, names) for a, n in enumerate(sizes))  # type: ignore[return-value]
 
     def windows(self, sizes, names=AXIS_NAMES) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
+        return self._windows(tuple(int(n) for n in sizes), tuple(names))
+
+    @functools.lru_cache(maxsize=128)  # a training loop asks again and again for the same shape
+    def _windows(self, sizes: tuple[int, ...], names: tuple[str, ...]) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
         out = self.output_shape(sizes, names)
         wins = tuple(
             AxisWindow(self.kernel[a], self.stride[a], self.dilation[a], self.padding[a], int(sizes[a]), out[a])
