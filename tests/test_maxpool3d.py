@@ -108,7 +108,6 @@ def test_tiles_and_threads_change_no_bit(monkeypatch, tile_bytes, threads):
     g = rng.standard_normal(x.shape).astype(np.float32)  # k=3, s=1, p=1 keeps the size
     want = _run(x, 3, 1, 1, 1, False, "zeros", grad=g)
     monkeypatch.setattr(tiled, "TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(tiled, "UNPOOL_BLOCK_OUTPUTS", tile_bytes // 4)
     monkeypatch.setattr(tiled, "default_threads", lambda: threads)
     got = _run(x, 3, 1, 1, 1, False, "zeros", grad=g)
     for a, b in zip(want, got):
@@ -116,9 +115,28 @@ def test_tiles_and_threads_change_no_bit(monkeypatch, tile_bytes, threads):
     # a single (n, c) volume is tiled along depth; its backward runs in blocks of depth planes
     want1 = _run(x[:1, :1], 3, 1, 1, 1, False, "zeros", grad=g[:1, :1])
     monkeypatch.setattr(tiled, "TILE_BYTES", 10**9)
-    monkeypatch.setattr(tiled, "UNPOOL_BLOCK_OUTPUTS", 10**9)
     for a, b in zip(want1, _run(x[:1, :1], 3, 1, 1, 1, False, "zeros", grad=g[:1, :1])):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 13, 6, 5), (3, 2, 9, 6, 5)])  # tiled along depth / along the batch
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (2, 3, 0), (3, 2, 1)])
+def test_fresh_gradient_buffer_is_zeroed_where_no_window_adds(monkeypatch, shape, kernel, stride, padding):
+    """``fresh=True`` zeroes rows block by block; stride 3 > kernel 2 leaves rows no window reads."""
+    from lucid.kernels import maxpool
+    from lucid.kernels.windows import PoolSpec
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, size=shape).astype(np.float32)
+    windows = PoolSpec.create(kernel, stride, padding).windows(shape[-3:])
+    mults = maxpool.code_mults(windows)
+    _, codes = tiled.argpool(x, (2, 3, 4), windows, mults)
+    g = rng.standard_normal(codes.shape).astype(np.float32)
+    want = tiled.unpool(g, codes, (2, 3, 4), windows, mults, np.zeros(shape, np.float32), lead=0)
+    monkeypatch.setattr(tiled, "TILE_BYTES", 300)  # many blocks
+    garbage = np.full(shape, np.nan, np.float32)
+    got = tiled.unpool(g, codes, (2, 3, 4), windows, mults, garbage, lead=0, fresh=True)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_memory_order_does_not_change_values_or_winners():

@@ -24,7 +24,6 @@ from lucid.kernels import maxpool
 from lucid.kernels.maxpool import MAX, Axes, Order, Windows
 
 TILE_BYTES = 2 << 20  # input bytes per tile: its passes stay in L2/L3
-UNPOOL_BLOCK_OUTPUTS = 1 << 19  # outputs per backward block
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -111,32 +110,45 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
     return out, codes
 
 
-def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, lead: int, threads=None) -> np.ndarray:
+def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, lead: int, threads=None,
+           fresh: bool = False) -> np.ndarray:
     """Add output gradients into ``out`` at the winners, in blocks of outputs.
 
     ``lead`` must be the most significant axis of ``mults`` (``priority[0]``):
     blocks run one after another along it, so every position gets its
     contributions in ascending output order.  A carried outer axis is used
     instead when there is one: its blocks share nothing and run on threads.
+    ``fresh``: ``out`` is uninitialised; each block zeroes the rows it is the
+    first to reach just before adding to them, while they are in cache.
     """
     outer = _outer_axis(grad)
     if outer not in axes and grad.shape[outer] > 1:
         row_bytes = max(1, out.nbytes // out.shape[outer])
-        tasks = []
-        for a, b in _cuts(grad.shape[outer], TILE_BYTES // row_bytes):
-            key = maxpool.along(grad.ndim, outer, slice(a, b))
-            tasks.append(lambda key=key: maxpool.unpool(grad[key], codes[key], axes, windows, mults, out[key]))
-        _run(tasks, threads)
+
+        def task(key):
+            if fresh:
+                out[key] = 0
+            maxpool.unpool(grad[key], codes[key], axes, windows, mults, out[key])
+
+        keys = [maxpool.along(grad.ndim, outer, slice(a, b)) for a, b in _cuts(grad.shape[outer], TILE_BYTES // row_bytes)]
+        _run([(lambda key=key: task(key)) for key in keys], threads)
         return out
 
-    # The scatter is bound by memory, not arithmetic: threads gained nothing
-    # here.  Blocks only bound the index arrays (about 20 bytes per output).
+    # The scatter is bound by memory, not arithmetic: threads gained nothing here.
     axis, w = axes[lead], windows[lead]
-    per = max(1, UNPOOL_BLOCK_OUTPUTS * w.size_out // max(1, grad.size))
+    row_bytes = max(1, out.nbytes // max(1, out.shape[axis]))
+    per = max(1, TILE_BYTES // (row_bytes * w.stride))
+    zeroed = 0  # rows [0, zeroed) hold zeros or sums
     for o0, o1 in _cuts(w.size_out, per):
-        _, _, local = w.slab(o0, o1, 0, w.size_in)
+        r0, r1, local = w.slab(o0, o1, 0, w.size_in)
+        if fresh:
+            reach = min(w.size_in, max(0, (o1 - 1) * w.stride - w.pad + w.span))
+            out[maxpool.along(out.ndim, axis, slice(zeroed, max(zeroed, reach)))] = 0
+            zeroed = max(zeroed, reach)
         wins = list(windows)
         wins[lead] = local
         key = maxpool.along(grad.ndim, axis, slice(o0, o1))
         maxpool.unpool(grad[key], codes[key], axes, wins, mults, out)
+    if fresh:
+        out[maxpool.along(out.ndim, axis, slice(zeroed, None))] = 0
     return out
