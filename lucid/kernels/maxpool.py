@@ -29,6 +29,7 @@ engine gets when it accumulates slab after slab along ``priority[0]``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -105,27 +106,56 @@ def _resized(shape: Sequence[int], axis: int, size: int) -> list[int]:
     return shape
 
 
+Taps = tuple[tuple[int, "slice | None"], ...]
+Group = tuple[slice, Taps]
+
+
 @functools.lru_cache(maxsize=256)
-def _tap_plan(w: AxisWindow) -> tuple[tuple[slice, tuple[tuple[int, slice | None], ...]], ...]:
+def _tap_plan(w: AxisWindow) -> tuple[Group | None, tuple[Group, ...]]:
     """Groups of outputs along one axis, and what each tap reads for them.
 
     The interior outputs (every tap inside the input) are one group whose taps
     are strided slices; every output that touches padding is a group of its
     own, whose taps are one-row slices or None for a tap in the padding.
-    Returns ``((outputs, ((j, input rows or None), ...)), ...)``.
+    Returns ``(interior or None, edges)``, each group ``(outputs, ((j, input rows or None), ...))``.
     """
     lo, hi = _interior(w)
-    groups = []
+    interior = None
     if hi > lo:
         first = lo * w.stride - w.pad
         last = (hi - 1) * w.stride - w.pad
         taps = tuple((j, slice(first + j * w.dilation, last + j * w.dilation + 1, w.stride)) for j in range(w.kernel))
-        groups.append((slice(lo, hi), taps))
+        interior = (slice(lo, hi), taps)
+    edges = []
     for o in [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out):
         positions = [(j, o * w.stride - w.pad + j * w.dilation) for j in range(w.kernel)]
         taps = tuple((j, slice(p, p + 1) if 0 <= p < w.size_in else None) for j, p in positions)
-        groups.append((slice(o, o + 1), taps))
-    return tuple(groups)
+        edges.append((slice(o, o + 1), taps))
+    return interior, tuple(edges)
+
+
+def _runs(x: np.ndarray, axis: int, w: AxisWindow, outs):
+    """The groups to run, in order: ``(merged, outputs, taps)``, and the 2-D shapes
+    ``(input, output)`` that ``merged`` groups index the arrays in (axis 0).
+
+    numpy sets up a loop for every row of a strided view, which on rows 16-32
+    wide costs as much as the work.  When the arrays are C-ordered and rows
+    follow one another with the stride, the axes before ``axis`` merge into
+    it and the interior runs as one loop over all of them; the outputs it
+    computes across row ends are padded outputs, which the edge groups then
+    compute again.
+    """
+    interior, edges = _tap_plan(w)
+    runs = [(False, *g) for g in edges]
+    lead = math.prod(x.shape[:axis])
+    if (lead > 1 and w.size_in == w.size_out * w.stride and x.flags.c_contiguous
+            and all(a.flags.c_contiguous for a in outs)):
+        inner = math.prod(x.shape[axis + 1:])
+        merged = AxisWindow(w.kernel, w.stride, w.dilation, w.pad, lead * w.size_in, lead * w.size_out)
+        interior = _tap_plan(merged)[0]
+        shapes = ((lead * w.size_in, inner), (lead * w.size_out, inner))
+        return ([(True, *interior)] if interior else []) + runs, shapes
+    return ([(False, *interior)] if interior else []) + runs, (None, None)
 
 
 def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX, out=None) -> np.ndarray:
@@ -134,12 +164,14 @@ def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order =
     ``pad_value`` is what a tap in the padding reads; None leaves such taps out."""
     if out is None:
         out = empty_like_layout(x, _resized(x.shape, axis, w.size_out), x.dtype)
-    n = x.ndim
     pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
-    for outputs, taps in _tap_plan(w):
-        srcs = [pad_value if rows is None else x[along(n, axis, rows)] for _, rows in taps
+    runs, (in_2d, out_2d) = _runs(x, axis, w, (out,))
+    for merged, outputs, taps in runs:
+        xs, dsts, ax = (x.reshape(in_2d), out.reshape(out_2d), 0) if merged else (x, out, axis)
+        n = xs.ndim
+        srcs = [pad_value if rows is None else xs[along(n, ax, rows)] for _, rows in taps
                 if rows is not None or pad_value is not None]
-        dst = out[along(n, axis, outputs)]
+        dst = dsts[along(n, ax, outputs)]
         if len(srcs) == 1:
             np.copyto(dst, srcs[0])
             continue
@@ -189,11 +221,16 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
     """
     shape = _resized(x.shape, axis, w.size_out)
     out, won = out or (empty_like_layout(x, shape, x.dtype), empty_like_layout(x, shape, dtype))
-    n = x.ndim
     check_nan = check_nan and x.dtype.kind == "f"
     pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
-    for outputs, taps in _tap_plan(w):
-        dst, dst_code = out[along(n, axis, outputs)], won[along(n, axis, outputs)]
+    runs, (in_2d, out_2d) = _runs(x, axis, w, [a for a in (codes, out, won) if a is not None])
+    for merged, outputs, taps in runs:
+        if merged:
+            xs, cs = x.reshape(in_2d), None if codes is None else codes.reshape(in_2d)
+            vs, ws, n, ax = out.reshape(out_2d), won.reshape(out_2d), 2, 0
+        else:
+            xs, cs, vs, ws, n, ax = x, codes, out, won, x.ndim, axis
+        dst, dst_code = vs[along(n, ax, outputs)], ws[along(n, ax, outputs)]
         srcs, cands = [], []
         for j, rows in taps:
             step = dtype.type(j * mult)
@@ -202,9 +239,9 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
                     srcs.append(pad_value)
                     cands.append(step)
                 continue
-            key = along(n, axis, rows)
-            srcs.append(x[key])
-            cands.append(step if codes is None else codes[key] + step)
+            key = along(n, ax, rows)
+            srcs.append(xs[key])
+            cands.append(step if cs is None else cs[key] + step)
         if len(srcs) == 1:
             np.copyto(dst, srcs[0])
             np.copyto(dst_code, cands[0])
