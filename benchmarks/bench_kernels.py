@@ -1,7 +1,8 @@
 """Kernel benchmark: lucid's numpy max_pool3d against PyTorch CPU, side by side in one run.
 
-Run:  python benchmarks/bench_kernels.py [--repeat 7] [--quick]
+Run:  python benchmarks/bench_kernels.py [--repeat 15] [--quick]
 Needs torch (pip install -e '.[bench]'); prints a markdown table of medians and ratios.
+Torch and lucid run in alternating blocks, so a slow spell on a shared machine hits both alike.
 Forward is values only (no gradient); forward+backward routes a ones gradient.
 """
 
@@ -20,19 +21,28 @@ SHAPES = [(1, 1, 128, 128, 128), (2, 4, 32, 64, 64), (8, 16, 16, 32, 32), (1, 1,
 PARAMS = [(2, 2, 0), (3, 1, 1), (3, 2, 1)]
 
 
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # warm-up: page faults, thread pools
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def paired_medians(a, b, repeat: int, blocks: int = 3) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, timed in alternating blocks.
+
+    Blocks, not single calls: each library's steady state (warm allocator and
+    caches) is what a loop of calls sees, and switching after every call
+    measured lucid up to 2x slower.  Alternating blocks lets a slow spell on
+    this shared machine hit both sides alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for block in range(blocks):
+        for fn, spent in zip((a, b), times):
+            for _ in range(3):  # warm-up after the switch: lucid's thread pool takes a few calls to wake
+                fn()
+            for _ in range(-(-repeat // blocks)):
+                start = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="skip the 256^3 shape")
     args = parser.parse_args()
     import torch
@@ -47,8 +57,9 @@ def main() -> None:
         data = rng.standard_normal(shape, dtype=np.float32)
         tx = torch.from_numpy(data)
         for k, s, p in PARAMS:
-            t_fwd = median_seconds(lambda: torch.nn.functional.max_pool3d(tx, k, s, p), args.repeat)
-            l_fwd = median_seconds(lambda: max_pool3d(data, k, s, p), args.repeat)
+            t_fwd, l_fwd = paired_medians(
+                lambda: torch.nn.functional.max_pool3d(tx, k, s, p), lambda: max_pool3d(data, k, s, p), args.repeat
+            )
 
             tleaf = tx.detach().requires_grad_(True)
             lleaf = lucid.Tensor(data, requires_grad=True)
@@ -63,8 +74,7 @@ def main() -> None:
                 y = max_pool3d(lleaf, k, s, p)
                 y.backward()
 
-            t_fb = median_seconds(torch_fb, args.repeat)
-            l_fb = median_seconds(lucid_fb, args.repeat)
+            t_fb, l_fb = paired_medians(torch_fb, lucid_fb, args.repeat)
             print(
                 f"| {shape} | {k}, {s}, {p} | {t_fwd*1e3:.1f} | {l_fwd*1e3:.1f} | {t_fwd/l_fwd:.1f}x "
                 f"| {t_fb*1e3:.1f} | {l_fb*1e3:.1f} | {t_fb/l_fb:.1f}x |",
@@ -72,8 +82,7 @@ def main() -> None:
             )
         if shape[-1] == 256:
             out = np.empty_like(data)
-            copy = median_seconds(lambda: np.copyto(out, data), args.repeat)
-            fwd = median_seconds(lambda: max_pool3d(data, 2, 2, 0), args.repeat)
+            copy, fwd = paired_medians(lambda: np.copyto(out, data), lambda: max_pool3d(data, 2, 2, 0), args.repeat)
             print(f"\nforward {shape} k=2 s=2: {fwd*1e3:.1f} ms = {fwd/copy:.2f}x one np.copyto of the input ({copy*1e3:.1f} ms)")
 
 
