@@ -151,11 +151,15 @@ def _runs(x: np.ndarray, axis: int, w: AxisWindow, outs):
     if (lead > 1 and w.size_in == w.size_out * w.stride and x.flags.c_contiguous
             and all(a.flags.c_contiguous for a in outs)):
         inner = math.prod(x.shape[axis + 1:])
-        merged = AxisWindow(w.kernel, w.stride, w.dilation, w.pad, lead * w.size_in, lead * w.size_out)
-        interior = _tap_plan(merged)[0]
+        interior = _merged_interior(w, lead)
         shapes = ((lead * w.size_in, inner), (lead * w.size_out, inner))
         return ([(True, *interior)] if interior else []) + runs, shapes
     return ([(False, *interior)] if interior else []) + runs, (None, None)
+
+
+@functools.lru_cache(maxsize=256)
+def _merged_interior(w: AxisWindow, lead: int) -> Group | None:
+    return _tap_plan(AxisWindow(w.kernel, w.stride, w.dilation, w.pad, lead * w.size_in, lead * w.size_out))[0]
 
 
 def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX, out=None) -> np.ndarray:
