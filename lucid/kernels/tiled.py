@@ -140,7 +140,7 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
     per = max(1, TILE_BYTES // (row_bytes * w.stride))
     zeroed = 0  # rows [0, zeroed) hold zeros or sums
     for o0, o1 in _cuts(w.size_out, per):
-        r0, r1, local = w.slab(o0, o1, 0, w.size_in)
+        _, _, local = w.slab(o0, o1, 0, w.size_in)  # rows: all of out, so only true padding drops
         if fresh:
             reach = min(w.size_in, max(0, (o1 - 1) * w.stride - w.pad + w.span))
             out[maxpool.along(out.ndim, axis, slice(zeroed, max(zeroed, reach)))] = 0

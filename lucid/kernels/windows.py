@@ -126,19 +126,19 @@ class PoolSpec:
         return tuple(self.output_size(n, a, names) for a, n in enumerate(sizes))  # type: ignore[return-value]
 
     def windows(self, sizes, names=AXIS_NAMES) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
-        return self._windows(tuple(int(n) for n in sizes), tuple(names))
+        return _windows(self, tuple(int(n) for n in sizes), tuple(names))
 
-    @functools.lru_cache(maxsize=128)  # a training loop asks again and again for the same shape
-    def _windows(self, sizes: tuple[int, ...], names: tuple[str, ...]) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
-        out = self.output_shape(sizes, names)
-        wins = tuple(
-            AxisWindow(self.kernel[a], self.stride[a], self.dilation[a], self.padding[a], int(sizes[a]), out[a])
-            for a in range(3)
-        )
-        if self.padding_mode == "ignore":
-            for a, w in enumerate(wins):
-                _check_every_window_has_input(w, names[a])
-        return wins  # type: ignore[return-value]
+
+@functools.lru_cache(maxsize=128)  # a training loop asks again and again for the same shape
+def _windows(spec: PoolSpec, sizes: tuple[int, ...], names: tuple[str, ...]) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
+    out = spec.output_shape(sizes, names)
+    wins = tuple(
+        AxisWindow(spec.kernel[a], spec.stride[a], spec.dilation[a], spec.padding[a], sizes[a], out[a]) for a in range(3)
+    )
+    if spec.padding_mode == "ignore":
+        for a, w in enumerate(wins):
+            _check_every_window_has_input(w, names[a])
+    return wins  # type: ignore[return-value]
 
 
 def _check_every_window_has_input(w: AxisWindow, name: str) -> None:
