@@ -33,21 +33,12 @@ class AxisWindow:
         """Input extent of one window: dilation*(kernel-1) + 1."""
         return self.dilation * (self.kernel - 1) + 1
 
-    def tap_range(self, j: int) -> tuple[int, int]:
-        """Outputs [lo, hi) whose tap ``j`` falls inside the input."""
-        start = j * self.dilation - self.pad  # input position of tap j for output 0
-        lo = min(self.size_out, max(0, -(start // self.stride)))
-        last = self.size_in - 1 - start
-        hi = 0 if last < 0 else min(self.size_out, last // self.stride + 1)
-        return lo, max(lo, hi)
-
     def slab(self, o0: int, o1: int, r0: int | None = None, r1: int | None = None) -> tuple[int, int, "AxisWindow"]:
         """Outputs [o0, o1) as a window over input rows [r0, r1) of their own.
 
         By default the rows are those the outputs read, clipped to the input, so
-        padding stays where it truly is.  Narrower rows (for a backward pass
-        that must not touch rows another block owns) make taps outside them
-        count as padding: their contributions are dropped.
+        padding stays where it truly is; a backward block that adds into a
+        whole buffer passes all its rows.  Taps outside the rows count as padding.
         Returns ``(r0, r1, local_window)``.
         """
         if r0 is None:
@@ -56,14 +47,6 @@ class AxisWindow:
             r1 = min(self.size_in, (o1 - 1) * self.stride - self.pad + self.span)
         local = AxisWindow(self.kernel, self.stride, self.dilation, self.pad - o0 * self.stride + r0, max(0, r1 - r0), o1 - o0)
         return r0, max(r0, r1), local
-
-    def input_slice(self, j: int) -> slice:
-        """Input positions read by tap ``j`` for the outputs in ``tap_range(j)``."""
-        lo, hi = self.tap_range(j)
-        first = lo * self.stride - self.pad + j * self.dilation
-        if hi <= lo:
-            return slice(0, 0)
-        return slice(first, first + (hi - lo - 1) * self.stride + 1, self.stride)
 
 
 def _triple(value, name: str) -> tuple[int, int, int]:
