@@ -25,10 +25,8 @@ from lucid.kernels.maxpool import MAX, Axes, Order, Windows
 
 TILE_BYTES = 2 << 20  # input bytes per tile: its passes stay in L2/L3
 
-_executor: ThreadPoolExecutor | None = None
-
-
 _CPUS = os.cpu_count() or 1  # asked once: the call costs more than a small tile's pass
+_executor: ThreadPoolExecutor | None = None
 
 
 def default_threads() -> int:
