@@ -86,6 +86,35 @@ def test_forward_matches_naive_reference(case):
     np.testing.assert_array_equal(indices, want_indices)
 
 
+@st.composite
+def width_pair_cases(draw):
+    """Width windows that are adjacent pairs (k=2, s=2, no padding, even width): the kernels'
+    own first pass for them, with ties, NaN and ±inf as in ``pooling_cases``."""
+    x, kernel, stride, padding, dilation, ceil_mode, mode = draw(pooling_cases())
+    width = 2 * draw(st.integers(1, 4))
+    x = np.resize(x, x.shape[:-1] + (width,))
+    return x, kernel[:2] + (2,), stride[:2] + (2,), padding[:2] + (0,), dilation[:2] + (1,), ceil_mode, mode
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width_pair_cases(), st.integers(0, 2**32 - 1))
+def test_width_pairs_match_naive_reference(case, seed):
+    if not _windows_all_fit(*case):
+        return
+    x, kernel, stride, padding, dilation, ceil_mode, mode = case
+    want_values, want_indices, _ = naive_max_pool3d(x, kernel, stride, padding, dilation, ceil_mode, mode)
+    grad = np.random.default_rng(seed).standard_normal(want_values.shape).astype(np.float64)
+    if x.dtype.kind == "f":
+        grad = grad.astype(x.dtype)
+        _, _, want_grad = naive_max_pool3d(x, kernel, stride, padding, dilation, ceil_mode, mode, grad=grad)
+        values, indices, got_grad = _run(*case, grad=grad)
+        np.testing.assert_array_equal(got_grad, want_grad)
+    else:
+        values, indices, _ = _run(*case)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(indices, want_indices)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pooling_cases(dtypes=FLOATS), st.integers(0, 2**32 - 1))
 def test_backward_matches_naive_reference_bit_for_bit(case, seed):
