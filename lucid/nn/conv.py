@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from lucid.nn.module import Module, Parameter
+from lucid.nn.module import Module, Parameter, positive_int
 from lucid.random import uniform
 from lucid.tensor import Tensor
 
@@ -104,11 +104,8 @@ class Conv3d(Module):
         rng: np.random.Generator | None = None,
     ):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Conv3d: {name} must be a positive int, got {value!r}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
+        self.in_channels = positive_int("Conv3d", "in_channels", in_channels)
+        self.out_channels = positive_int("Conv3d", "out_channels", out_channels)
         self.kernel_size = _triple(kernel_size, "kernel_size", 1)
         self.stride = _triple(stride, "stride", 1)
         self.padding = _triple(padding, "padding", 0)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from lucid.nn.module import Module, Parameter
+from lucid.nn.module import Module, Parameter, positive_int
 from lucid.random import uniform
 from lucid.tensor import Tensor
 
@@ -57,11 +56,8 @@ class Linear(Module):
         rng: np.random.Generator | None = None,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(uniform(-bound, bound, (self.out_features, self.in_features), rng=rng))
         if bias:

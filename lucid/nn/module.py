@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from lucid.tensor import Tensor
+
+
+def positive_int(layer: str, name: str, value) -> int:
+    """A layer's size argument as an int; a ValueError naming layer, argument and value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 class Parameter(Tensor):
