@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    print(f"lucid {lucid.__version__}, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), float32, median of {args.repeat}\n")
+    print(f"lucid {lucid.__version__}, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), float32, median of {args.repeat} (alternating blocks of {-(-args.repeat // 3)})\n")
     print("| shape | k, s, p | torch fwd ms | lucid fwd ms | fwd speed-up | torch fwd+bwd ms | lucid fwd+bwd ms | fwd+bwd speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
