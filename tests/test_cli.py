@@ -219,6 +219,8 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     assert str(out) in line and "use --force" in line
     assert out.read_bytes() == before
     assert "exists" in lucid_cmd("pool3d", CT, out, "--dry-run").stderr
+    line = one_error_line(lucid_cmd("pool3d", CT, tmp_path / "nowhere" / "x.nii", "--dry-run"), 1)
+    assert "nowhere does not exist" in line
     ok("pool3d", CT, out, "-k", "4", "--force", "-q")
     assert nib.load(out).shape == (16, 16, 12)
 

@@ -232,6 +232,25 @@ def test_pool3d_file_dry_run_writes_nothing():
     assert report.dry_run and not out.any()
 
 
+def test_pool3d_file_dry_run_checks_the_outputs_as_the_run_would(tmp_path):
+    import nibabel as nib
+
+    from lucid.io import LucidIOError
+
+    src = tmp_path / "in.nii"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)), src)
+    with pytest.raises(LucidIOError, match="output directory .*missing does not exist"):
+        pool3d_file(src, tmp_path / "missing" / "o.nii", 2, dry_run=True)
+    with pytest.raises(LucidIOError, match="output is the input file"):
+        pool3d_file(src, tmp_path / "o.nii", 2, grad_out=src, force=True, dry_run=True)
+    existing = tmp_path / "old.nii"
+    existing.write_bytes(b"keep me")
+    report = pool3d_file(src, existing, 2, dry_run=True)
+    assert len(report.warnings) == 1 and str(existing) in report.warnings[0] and "--force" in report.warnings[0]
+    assert pool3d_file(src, existing, 2, dry_run=True, force=True).warnings == []
+    assert existing.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["in.nii", "old.nii"]
+
+
 def test_pool3d_file_argument_errors():
     x = np.ones((1, 1, 8, 8, 8), np.float32)
     with pytest.raises(ValueError, match="grad_in needs grad_out"):

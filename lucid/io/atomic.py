@@ -94,6 +94,49 @@ def remove_quietly(path: str | os.PathLike | None) -> None:
     _LIVE.discard(os.fspath(path))
 
 
+def check_destination(
+    dest: str | os.PathLike,
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike | None] = (),
+    expected_bytes: int | None = None,
+) -> None:
+    """Raise ``LucidIOError`` if an output could not be written to ``dest``.
+
+    The directory must exist and be writable; an existing ``dest`` must be a
+    file, none of the ``protect`` files (inputs), and is replaced only with
+    ``force``; ``expected_bytes`` must fit on the disk."""
+    display = os.fspath(dest)
+    path = Path(os.path.abspath(display))
+    directory = path.parent
+    shown_dir = os.path.dirname(display) or "."
+    if path.name in ("", ".", ".."):
+        raise LucidIOError(f"{display}: not a file name")
+    if not directory.exists():
+        raise LucidIOError(f"{display}: output directory {shown_dir} does not exist")
+    if not directory.is_dir():
+        raise LucidIOError(f"{display}: {shown_dir} is not a directory")
+    if os.path.lexists(path):
+        if os.path.isdir(path):
+            raise LucidIOError(f"{display}: output is a directory")
+        for other in protect:
+            if other is not None and same_file(path, other):
+                raise LucidIOError(
+                    f"{display}: output is the input file {os.fspath(other)}; choose another output name"
+                )
+        if not force:
+            raise LucidIOError(f"{display}: output exists, use --force to replace it")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise LucidIOError(f"{display}: output directory {shown_dir} is not writable")
+    if expected_bytes is not None:
+        free = shutil.disk_usage(directory).free
+        if expected_bytes > free:
+            raise LucidIOError(
+                f"{display}: no space left on device: the output needs {human_bytes(expected_bytes)}, "
+                f"{human_bytes(free)} free in {shown_dir}"
+            )
+
+
 class AtomicTarget:
     """A destination path plus the temporary file that becomes it on ``commit``."""
 
@@ -111,33 +154,9 @@ class AtomicTarget:
         self.aborted = False
         self.synced = False  # the finished temporary file is on disk (sync())
         self._unsynced = 0  # bytes written since the last flush to disk
+        check_destination(dest, force=force, protect=protect, expected_bytes=expected_bytes)
         directory = self.dest.parent
         shown_dir = os.path.dirname(self.display) or "."
-        if self.dest.name in ("", ".", ".."):
-            raise LucidIOError(f"{self.display}: not a file name")
-        if not directory.exists():
-            raise LucidIOError(f"{self.display}: output directory {shown_dir} does not exist")
-        if not directory.is_dir():
-            raise LucidIOError(f"{self.display}: {shown_dir} is not a directory")
-        if os.path.lexists(self.dest):
-            if os.path.isdir(self.dest):
-                raise LucidIOError(f"{self.display}: output is a directory")
-            for other in protect:
-                if other is not None and same_file(self.dest, other):
-                    raise LucidIOError(
-                        f"{self.display}: output is the input file {os.fspath(other)}; choose another output name"
-                    )
-            if not force:
-                raise LucidIOError(f"{self.display}: output exists, use --force to replace it")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise LucidIOError(f"{self.display}: output directory {shown_dir} is not writable")
-        if expected_bytes is not None:
-            free = shutil.disk_usage(directory).free
-            if expected_bytes > free:
-                raise LucidIOError(
-                    f"{self.display}: no space left on device: the output needs {human_bytes(expected_bytes)}, "
-                    f"{human_bytes(free)} free in {shown_dir}"
-                )
         try:
             self.tmp, fd = make_temp_path(directory, self.dest.name)
         except PermissionError:

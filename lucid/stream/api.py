@@ -15,6 +15,7 @@ import numpy as np
 
 import lucid
 from lucid.io import LucidIOError, detect_format, open_sink, open_source
+from lucid.io.atomic import check_destination
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
@@ -58,6 +59,7 @@ class PoolReport:
     seconds: float = 0.0
     peak_memory_mib: float = 0.0
     padding_won: bool = False
+    warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,8 +156,15 @@ def pool3d_file(
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out)
+        protect = [g.path for g in opened if getattr(g, "path", None)]
         if dry_run:
             report.dry_run = True
+            for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
+                if isinstance(target, (str, os.PathLike)):
+                    file = detect_format(target)[1]
+                    check_destination(file, force=True, protect=protect)
+                    if not force and os.path.lexists(file):
+                        report.warnings.append(f"{file}: output exists; the run will refuse it without --force")
             return report
 
         provenance = {
@@ -168,7 +177,6 @@ def pool3d_file(
             "padding_mode": spec.padding_mode,
             "source": source.name,
         }
-        protect = [g.path for g in opened if getattr(g, "path", None)]
         common = dict(like=source, compression=compression, force=force, slab_rows=plan.rows_per_slab,
                       provenance=provenance, protect=protect)
         out_sink = grad_sink = index_sink = None
