@@ -141,21 +141,26 @@ def _check_dataset(path: str | None, dataset: str | None, flag: str) -> None:
 
 
 def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
-    """No output may be an input or another output (compared as real paths of the files)."""
+    """No output may be an input or another output (the same file under any name, hard links too)."""
 
-    def real(p: str) -> str:
-        return os.path.realpath(detect_format(p)[1])
+    def identity(p: str):
+        file = os.path.realpath(detect_format(p)[1])
+        try:
+            stat = os.stat(file)
+        except OSError:
+            return file
+        return (stat.st_dev, stat.st_ino)  # hard links too are one file
 
-    seen: dict[str, str] = {}
+    seen: dict = {}
     for label, path in outputs.items():
         if path is None:
             continue
         for in_label, in_path in inputs.items():
-            if in_path is not None and real(path) == real(in_path):
+            if in_path is not None and identity(path) == identity(in_path):
                 raise click.UsageError(f"{label} {path} is the {in_label} file; choose another output name")
-        if real(path) in seen:
-            raise click.UsageError(f"{label} {path} is the same file as {seen[real(path)]}")
-        seen[real(path)] = f"{label} {path}"
+        if identity(path) in seen:
+            raise click.UsageError(f"{label} {path} is the same file as {seen[identity(path)]}")
+        seen[identity(path)] = f"{label} {path}"
 
 
 def _check_spec(kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str) -> None:

@@ -232,6 +232,10 @@ def test_output_that_is_the_input_is_refused(tmp_path):
     assert "is the INPUT file" in line
     line = one_error_line(lucid_cmd("pool3d", copy, tmp_path / "o.nii", "--grad-out", tmp_path / "o.nii"), 2)
     assert "same file" in line
+    link = tmp_path / "link.nii.gz"
+    os.link(copy, link)
+    line = one_error_line(lucid_cmd("pool3d", copy, link, "--force"), 2)
+    assert "is the INPUT file" in line
     assert copy.read_bytes() == CT.read_bytes()
 
 
