@@ -209,6 +209,18 @@ def test_json_is_exactly_one_object_on_stdout(tmp_path):
     assert result.stderr == ""  # no summary with --json
     plan = json.loads(ok("pool3d", CT, tmp_path / "x.nii", "--dry-run", "--json").stdout)
     assert plan["dry_run"] is True and plan["slabs"] >= 1 and not (tmp_path / "x.nii").exists()
+    assert report["output"] == f"{tmp_path / 'ct.h5'}:/data" and plan["output"] == str(tmp_path / "x.nii")
+
+
+def test_reports_name_the_hdf5_datasets_written(tmp_path):
+    out, grad = tmp_path / "v.h5", tmp_path / "g.h5"
+    report = json.loads(ok("pool3d", VIDEO, out, "--grad-out", grad, "--json").stdout)
+    assert report["output"] == f"{out}:/frames" and report["grad_out"] == f"{grad}:/frames"
+    with h5py.File(out) as f, h5py.File(grad) as g:
+        assert list(f) == ["frames"] and list(g) == ["frames"]
+    plan = json.loads(ok("pool3d", VIDEO, f"{tmp_path / 'p.h5'}:/pooled", "--dry-run", "--json").stdout)
+    assert plan["output"] == f"{tmp_path / 'p.h5'}:/pooled"
+    assert f"wrote {tmp_path / 'w.h5'}:/frames:" in ok("pool3d", VIDEO, tmp_path / "w.h5").stderr
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):

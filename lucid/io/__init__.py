@@ -23,6 +23,7 @@ from lucid.io.layout import default_axes, nifti_axis_order, parse_layout
 __all__ = [
     "open_source",
     "open_sink",
+    "sink_name",
     "detect_format",
     "Source",
     "Sink",
@@ -109,6 +110,16 @@ def expected_shape(like: Source, pooling) -> tuple[int, ...]:
         for a, n in zip(like.layout.pooled, pooling.output_shape(sizes, names)):
             shape[a] = n
     return tuple(shape)
+
+
+def sink_name(path, like: Source, dataset: str | None = None) -> str:
+    """How an output at ``path`` is named in reports: an HDF5 file with its dataset."""
+    fmt, file, ds = detect_format(path)
+    if fmt == "nifti":
+        return file
+    from lucid.io.hdf5 import dataset_for
+
+    return f"{file}:{dataset_for(dataset if dataset is not None else ds, like)}"
 
 
 def open_sink(

@@ -507,6 +507,13 @@ class GuardedFile:
         self._f.close()
 
 
+def dataset_for(dataset: str | None, like: Source) -> str:
+    """The dataset an output gets: the one asked for, else the input's, else ``/data``."""
+    if dataset is None:
+        dataset = getattr(like, "dataset_path", None) or "/data"
+    return dataset if dataset.startswith("/") else "/" + dataset
+
+
 class HDF5Sink(FileSink):
     """A chunked, compressed HDF5 dataset written box by box into a temporary file."""
 
@@ -521,10 +528,7 @@ class HDF5Sink(FileSink):
         self.kind = kind
         self.layout = like.layout
         codec, level = parse_compression(compression, shown)
-        if dataset is None:
-            dataset = getattr(like, "dataset_path", None) or "/data"
-        if not dataset.startswith("/"):
-            dataset = "/" + dataset
+        dataset = dataset_for(dataset, like)
         self.dataset_path = dataset
         self.name = f"{shown}:{dataset}"
         expected = None if codec else int(np.prod(self.shape)) * self.dtype.itemsize

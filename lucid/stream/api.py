@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, open_sink, open_source
+from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
 from lucid.io.atomic import check_destination
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
@@ -155,7 +155,8 @@ def pool3d_file(
                 )
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
-        report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out)
+        report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
+                         out_dataset)
         protect = [g.path for g in opened if getattr(g, "path", None)]
         if dry_run:
             report.dry_run = True
@@ -258,7 +259,7 @@ def _axis_name(source: Source, axis: int) -> str:
 
 
 def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out,
-            indices_out) -> PoolReport:
+            indices_out, out_dataset) -> PoolReport:
     meta = source.meta
     spacing_out = None
     if meta.spacing is not None:
@@ -267,15 +268,17 @@ def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, in
     if meta.affine is not None:
         affine_out = (np.asarray(meta.affine, float) @ pooling_matrix(spec)).tolist()
 
-    def name(p):
-        return None if p is None else (p if isinstance(p, str) else ("<array>" if isinstance(p, np.ndarray) else os.fspath(p)))
+    def name(p, sink: bool = False, dataset: str | None = None):
+        if p is None or isinstance(p, np.ndarray):
+            return None if p is None else "<array>"
+        return sink_name(p, source, dataset) if sink else os.fspath(p)
 
     return PoolReport(
         input=source.name,
-        output=name(output),
+        output=name(output, True, out_dataset),
         grad_in=name(grad_in),
-        grad_out=name(grad_out),
-        indices_out=name(indices_out),
+        grad_out=name(grad_out, True),
+        indices_out=name(indices_out, True),
         axes=source.layout.axes,
         in_shape=tuple(plan.in_shape),
         out_shape=tuple(plan.out_shape),
