@@ -381,7 +381,7 @@ def _unpool_flat(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarr
     return out
 
 
-@functools.lru_cache(maxsize=64)  # small arrays only; rebuilding them cost 20% of a small backward
+@functools.lru_cache(maxsize=16)  # arrays of about sqrt(outputs) entries; rebuilding them cost 20% of a small backward
 def _index_parts(shape, step, axes: Axes, windows: tuple[AxisWindow, ...], mults):
     """What turns codes into flat indices of ``out`` (element strides ``step``):
     ``(perm, offset, grid, origins)``.
