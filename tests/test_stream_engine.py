@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import nibabel as nib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lucid import Tensor
-from lucid.io import ArraySink, ArraySource
+from lucid.io import ArraySink, ArraySource, LucidIOError
 from lucid.kernels.maxpool import MAX, MIN
 from lucid.kernels.windows import AxisWindow, PoolSpec
 from lucid.nn.functional import max_pool3d
@@ -233,10 +234,6 @@ def test_pool3d_file_dry_run_writes_nothing():
 
 
 def test_pool3d_file_dry_run_checks_the_outputs_as_the_run_would(tmp_path):
-    import nibabel as nib
-
-    from lucid.io import LucidIOError
-
     src = tmp_path / "in.nii"
     nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)), src)
     with pytest.raises(LucidIOError, match="output directory .*missing does not exist"):
