@@ -274,10 +274,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             indices_out=indices_out, out_dtype=out_dtype, compression=compression,
             memory_limit=memory_limit, threads=threads, force=force, progress=STOP.guard(progress), dry_run=dry_run,
         )
-    warnings = []
-    if dry_run and not force:
-        warnings += [f"{label} {path} exists: the run will refuse it without --force"
-                     for label, path in outputs.items() if path and os.path.lexists(detect_format(path)[1])]
+    warnings = list(result.warnings)  # a dry run lists outputs that exist
     if result.padding_won and result.padding_mode == "zeros":
         warnings.append(
             f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there, "
