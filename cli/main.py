@@ -151,16 +151,18 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) 
             return file
         return (stat.st_dev, stat.st_ino)  # hard links too are one file
 
+    given = [(identity(p), label) for label, p in inputs.items() if p is not None]
     seen: dict = {}
     for label, path in outputs.items():
         if path is None:
             continue
-        for in_label, in_path in inputs.items():
-            if in_path is not None and identity(path) == identity(in_path):
+        key = identity(path)
+        for in_key, in_label in given:
+            if key == in_key:
                 raise click.UsageError(f"{label} {path} is the {in_label} file; choose another output name")
-        if identity(path) in seen:
-            raise click.UsageError(f"{label} {path} is the same file as {seen[identity(path)]}")
-        seen[identity(path)] = f"{label} {path}"
+        if key in seen:
+            raise click.UsageError(f"{label} {path} is the same file as {seen[key]}")
+        seen[key] = f"{label} {path}"
 
 
 def _check_spec(kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str) -> None:
