@@ -21,9 +21,25 @@ SHAPES = [(1, 1, 128, 128, 128), (2, 4, 32, 64, 64), (8, 16, 16, 32, 32), (1, 1,
 PARAMS = [(2, 2, 0), (3, 1, 1), (3, 2, 1)]
 
 
-def median_of(fn, repeat: int) -> float:
-    for _ in range(3):
+WARM_UP_SECONDS = 0.03
+
+
+def warm_up(fn) -> None:
+    """Call ``fn`` at least 3 times and for at least WARM_UP_SECONDS.
+
+    Time, not a count: after each call PyTorch's OpenMP workers busy-wait for
+    about 10 ms (libgomp's default spin) and hold this machine's second core.
+    Measured: lucid's calls in the 10 ms after a block of torch calls ran
+    1.2-1.4x slower (the first one 2x); with GOMP_SPINCOUNT=0 they did not."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - start < WARM_UP_SECONDS:
         fn()
+        calls += 1
+
+
+def median_of(fn, repeat: int) -> float:
+    warm_up(fn)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -42,8 +58,7 @@ def paired_medians(a, b, repeat: int, blocks: int = 3) -> tuple[float, float]:
     times: tuple[list[float], list[float]] = ([], [])
     for block in range(blocks):
         for fn, spent in zip((a, b), times):
-            for _ in range(3):  # warm-up after the switch: lucid's thread pool takes a few calls to wake
-                fn()
+            warm_up(fn)  # after the switch: torch's spinning workers and lucid's sleeping ones settle
             for _ in range(-(-repeat // blocks)):
                 start = time.perf_counter()
                 fn()
@@ -73,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    print(f"lucid {lucid.__version__}, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), float32, median of {args.repeat} (alternating blocks of {-(-args.repeat // 3)})\n")
+    print(f"lucid {lucid.__version__}, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), float32, median of {args.repeat} (alternating blocks of {-(-args.repeat // 3)}, each after {WARM_UP_SECONDS*1e3:.0f} ms of warm-up calls)\n")
     print("| shape | k, s, p | torch fwd ms | lucid fwd ms | fwd speed-up | torch fwd+bwd ms | lucid fwd+bwd ms | fwd+bwd speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
