@@ -19,6 +19,7 @@ import click
 import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
+from lucid.io.atomic import file_identity
 from lucid.kernels.windows import PoolSpec
 from lucid.stream.api import pool3d_file
 
@@ -144,12 +145,7 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) 
     """No output may be an input or another output (the same file under any name, hard links too)."""
 
     def identity(p: str):
-        file = os.path.realpath(detect_format(p)[1])
-        try:
-            stat = os.stat(file)
-        except OSError:
-            return file
-        return (stat.st_dev, stat.st_ino)  # hard links too are one file
+        return file_identity(detect_format(p)[1])
 
     given = [(identity(p), label) for label, p in inputs.items() if p is not None]
     seen: dict = {}

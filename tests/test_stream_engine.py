@@ -248,6 +248,16 @@ def test_pool3d_file_dry_run_checks_the_outputs_as_the_run_would(tmp_path):
     assert existing.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["in.nii", "old.nii"]
 
 
+def test_pool3d_file_outputs_must_be_different_files_hard_links_too(tmp_path):
+    src = tmp_path / "in.nii"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)), src)
+    (tmp_path / "grad.nii").write_bytes(b"keep me")
+    (tmp_path / "link.nii").hardlink_to(tmp_path / "grad.nii")
+    with pytest.raises(ValueError, match=r"grad.nii: output, grad_out and indices_out must be different files \(same file as .*link.nii\)"):
+        pool3d_file(src, tmp_path / "link.nii", 2, grad_out=tmp_path / "grad.nii", force=True)
+    assert (tmp_path / "grad.nii").read_bytes() == b"keep me"
+
+
 def test_pool3d_file_argument_errors():
     x = np.ones((1, 1, 8, 8, 8), np.float32)
     with pytest.raises(ValueError, match="grad_in needs grad_out"):

@@ -62,6 +62,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def file_identity(path: str | os.PathLike):
+    """What two names of one file share: (device, inode) when it exists, so
+    hard and symbolic links count as the file; otherwise its real path."""
+    real = os.path.realpath(path)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return real
+    return (stat.st_dev, stat.st_ino)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -15,7 +15,7 @@ import numpy as np
 
 import lucid
 from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
-from lucid.io.atomic import check_destination
+from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
@@ -108,11 +108,11 @@ def pool3d_file(
     seen: dict[str, Any] = {}
     for p in (output, grad_out, indices_out):
         if isinstance(p, (str, os.PathLike)):
-            real = os.path.realpath(detect_format(p)[1])
-            if real in seen:
+            identity = file_identity(detect_format(p)[1])
+            if identity in seen:
                 raise ValueError(f"{os.fspath(p)}: output, grad_out and indices_out must be different files "
-                                 f"(same file as {os.fspath(seen[real])})")
-            seen[real] = p
+                                 f"(same file as {os.fspath(seen[identity])})")
+            seen[identity] = p
 
     opened: list = []
     sinks: list = []
