@@ -210,9 +210,9 @@ def _challenge(dst, dst_code, src, candidate, order: Order, check_nan: bool, tie
     better = _wins(src, dst, candidate, dst_code, order, check_nan, tie_by_code)
     # select without masked ufuncs (slow): unsigned arithmetic wraps, so this is exact;
     # bool seen as uint8 saves numpy a cast pass
-    step = np.subtract(candidate, dst_code)
-    step *= better.view(np.uint8)
-    dst_code += step
+    change = np.subtract(candidate, dst_code)
+    change *= better.view(np.uint8)
+    dst_code += change
     order.combine(dst, src, out=dst)
 
 
@@ -231,6 +231,7 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
     check_nan = check_nan and x.dtype.kind == "f"
     pad_value = None if pad_value is None else x.dtype.type(pad_value)  # ufuncs keep x's dtype
     runs, (in_2d, out_2d) = _runs(x, axis, w, [a for a in (codes, out, won) if a is not None])
+    dense = tie_by_code and x.flags.c_contiguous  # taps read by three ufuncs: copy short rows (see _dense)
     for merged, outputs, taps in runs:
         if merged:
             xs, cs = x.reshape(in_2d), None if codes is None else codes.reshape(in_2d)
@@ -247,8 +248,8 @@ def argpool_axis(x, codes, axis: int, w: AxisWindow, mult: int, pad_value, order
                     cands.append(step)
                 continue
             key = along(n, ax, rows)
-            srcs.append(_dense(xs[key]) if tie_by_code else xs[key])
-            cands.append(step if cs is None else _plus(cs[key], step, tie_by_code))
+            srcs.append(_dense(xs[key]) if dense else xs[key])
+            cands.append(step if cs is None else _plus(cs[key], step, dense))
         if len(srcs) == 1:
             np.copyto(dst, srcs[0])
             np.copyto(dst_code, cands[0])
@@ -280,21 +281,18 @@ def _plus(codes: np.ndarray, step, dense: bool) -> np.ndarray:
 
 
 def _dense(tap: np.ndarray) -> np.ndarray:
-    """``tap``, copied to a contiguous array when numpy would loop over it in short runs.
+    """``tap`` (a view of a C-ordered array), copied to a contiguous array
+    when numpy would loop over it in short runs.
 
     With ties settled by code, a tap is read by three ufuncs (compare, tie
     check, max), and numpy sets up its inner loop per row: on rows of 32-64
     elements cut off from the next row (a strided pass) each call costs
-    several times its contiguous price.  One copy first was measured 10-16%
-    faster for k=3 s=2 blocks; taps whose rows run on into the next (stride
-    1) stay views, and so do taps read by fewer ufuncs (no gain measured).
+    several times its contiguous price, and one copy first saves more than it
+    costs.  Long rows and rows that run on into the next (stride 1) stay views.
     """
-    if tap.ndim == 0 or tap.flags.c_contiguous:
+    if tap.ndim == 0 or tap.flags.c_contiguous or tap.shape[-1] >= 128:
         return tap
-    inner = tap.shape[-1]
-    if tap.strides[-1] == tap.itemsize and (inner >= 128 or (tap.ndim > 1 and tap.strides[-2] == inner * tap.itemsize)):
-        return tap
-    if inner >= 128:  # one long strided run: a copy measured no faster
+    if tap.strides[-1] == tap.itemsize and tap.ndim > 1 and tap.strides[-2] == tap.shape[-1] * tap.itemsize:
         return tap
     return np.ascontiguousarray(tap)
 
