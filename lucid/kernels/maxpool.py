@@ -290,7 +290,7 @@ def _dense(tap: np.ndarray) -> np.ndarray:
     several times its contiguous price, and one copy first saves more than it
     costs.  Long rows and rows that run on into the next (stride 1) stay views.
     """
-    if tap.ndim == 0 or tap.flags.c_contiguous or tap.shape[-1] >= 128:
+    if tap.flags.c_contiguous or tap.shape[-1] >= 128:
         return tap
     if tap.strides[-1] == tap.itemsize and tap.ndim > 1 and tap.strides[-2] == tap.shape[-1] * tap.itemsize:
         return tap
@@ -363,7 +363,7 @@ def _argpool_pairs(x, axis: int, w: AxisWindow, mult: int, order: Order, dtype, 
     n = x.ndim
     first = np.ascontiguousarray(x[along(n, axis, slice(0, None, 2))])
     second = np.ascontiguousarray(x[along(n, axis, slice(1, None, 2))])
-    better = _wins(second, first, dtype.type(mult), dtype.type(0), order, check_nan and x.dtype.kind == "f", False)
+    better = _wins(second, first, dtype.type(mult), dtype.type(0), order, check_nan, False)
     codes = better.astype(dtype)
     if mult != 1:
         codes *= dtype.type(mult)
