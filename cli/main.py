@@ -21,7 +21,7 @@ from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import file_identity
 from lucid.kernels.windows import PoolSpec
-from lucid.stream.api import pool3d_file
+from lucid.stream.api import PaddingValueError, pool3d_file
 
 from . import options as opt
 from . import report
@@ -107,6 +107,8 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
         return "interrupted", EXIT_INTERRUPT
     if isinstance(exc, Terminated):
         return "terminated", EXIT_TERM
+    if isinstance(exc, PaddingValueError):  # the way out in this command's own terms
+        return _one_line(f"{exc.problem}; use --padding-mode ignore or no padding"), EXIT_FAILURE
     if isinstance(exc, LucidIOError):  # names its file already
         return _one_line(str(exc)), EXIT_FAILURE
     if isinstance(exc, OSError):

@@ -2,7 +2,8 @@
 
 It spells out the rules the fast kernels must follow, nothing more:
 windows read ``o*s - p + j*dilation`` per axis; zero padding takes part with
-the value 0 (``"zeros"``) or not at all (``"ignore"``); the first maximum in
+the value 0 (``"zeros"``) or not at all (``"ignore"``); a ceil_mode window's
+overhang past the padded input never takes part; the first maximum in
 row-major (d, h, w) tap order wins, NaN beats any number and a later NaN
 beats an earlier one; the backward adds each output's gradient to its
 winner in row-major output order (nothing for a winner in the padding).
@@ -35,6 +36,8 @@ def naive_max_pool3d(x, kernel, stride, padding, dilation=(1, 1, 1), ceil_mode=F
             best, best_index = None, None
             for taps in itertools.product(*(range(k) for k in kernel)):
                 pos = [o[a] * stride[a] - padding[a] + taps[a] * dilation[a] for a in range(3)]
+                if any(pos[a] >= sizes[a] + padding[a] for a in range(3)):
+                    continue  # the overhang of a ceil_mode window: outside the padded input
                 inside = all(0 <= pos[a] < sizes[a] for a in range(3))
                 if inside:
                     val = x[n, c, pos[0], pos[1], pos[2]]

@@ -269,4 +269,4 @@ def test_pool3d_file_argument_errors():
 
 
 def test_axis_window_dataclass_is_hashable():
-    assert hash(AxisWindow(2, 2, 1, 0, 4, 2))
+    assert hash(AxisWindow(2, 2, 1, 0, 4, 2, 0))

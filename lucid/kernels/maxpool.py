@@ -17,6 +17,8 @@ the window wins, as in PyTorch's ``val > max || isnan(val)``.
 Padding.  ``pad_value`` is the value padded positions take part with
 (0 for ``padding_mode="zeros"``), or None: padding never wins ("ignore").
 A winner in the padding sends its gradient nowhere and has flat index -1.
+The overhang of a ``ceil_mode`` window past the padded input never takes
+part, in either mode (``AxisWindow.takes_part``).
 
 Backward.  ``unpool`` turns codes into flat indices and adds with
 ``np.add.at``, which adds one element at a time in index-array order.  Listing
@@ -116,7 +118,8 @@ def _tap_plan(w: AxisWindow) -> tuple[Group | None, tuple[Group, ...]]:
 
     The interior outputs (every tap inside the input) are one group whose taps
     are strided slices; every output that touches padding is a group of its
-    own, whose taps are one-row slices or None for a tap in the padding.
+    own, whose taps are one-row slices or None for a tap in the padding
+    (a tap in a ceil-mode overhang is not listed: it never takes part).
     Returns ``(interior or None, edges)``, each group ``(outputs, ((j, input rows or None), ...))``.
     """
     lo, hi = _interior(w)
@@ -129,7 +132,7 @@ def _tap_plan(w: AxisWindow) -> tuple[Group | None, tuple[Group, ...]]:
     edges = []
     for o in [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out):
         positions = [(j, o * w.stride - w.pad + j * w.dilation) for j in range(w.kernel)]
-        taps = tuple((j, slice(p, p + 1) if 0 <= p < w.size_in else None) for j, p in positions)
+        taps = tuple((j, None if w.is_padding(p) else slice(p, p + 1)) for j, p in positions if w.takes_part(p))
         edges.append((slice(o, o + 1), taps))
     return interior, tuple(edges)
 
@@ -159,7 +162,7 @@ def _runs(x: np.ndarray, axis: int, w: AxisWindow, outs):
 
 @functools.lru_cache(maxsize=256)
 def _merged_interior(w: AxisWindow, lead: int) -> Group | None:
-    return _tap_plan(AxisWindow(w.kernel, w.stride, w.dilation, w.pad, lead * w.size_in, lead * w.size_out))[0]
+    return _tap_plan(AxisWindow(w.kernel, w.stride, w.dilation, w.pad, lead * w.size_in, lead * w.size_out, w.pad_end))[0]
 
 
 def pool_axis(x: np.ndarray, axis: int, w: AxisWindow, pad_value, order: Order = MAX, out=None) -> np.ndarray:

@@ -17,8 +17,11 @@ class AxisWindow:
     """Windows along one axis of a (possibly sliced) input.
 
     Output ``o`` (0 <= o < size_out) reads input positions ``o*stride - pad + j*dilation``
-    for taps ``j = 0..kernel-1``; positions outside ``[0, size_in)`` are padding.
-    For a slab, ``pad`` and ``size_in`` are local to the slab.
+    for taps ``j = 0..kernel-1``.  Positions in ``[-pad, 0)`` and
+    ``[size_in, size_in + pad_end)`` are padding; positions from
+    ``size_in + pad_end`` on are the overhang of a ``ceil_mode`` window, which
+    lies outside the padded input and never takes part (PyTorch's rule).
+    For a slab, ``pad``, ``size_in`` and ``pad_end`` are local to the slab.
     """
 
     kernel: int
@@ -27,6 +30,14 @@ class AxisWindow:
     pad: int
     size_in: int
     size_out: int
+    pad_end: int  # padding after the input: the same as ``pad`` for a whole axis
+
+    def takes_part(self, position: int) -> bool:
+        """Whether a tap at ``position`` reads the input or the padding (not the overhang)."""
+        return position < self.size_in + self.pad_end
+
+    def is_padding(self, position: int) -> bool:
+        return position < 0 or self.size_in <= position < self.size_in + self.pad_end
 
     @property
     def span(self) -> int:
@@ -38,15 +49,18 @@ class AxisWindow:
 
         By default the rows are those the outputs read, clipped to the input, so
         padding stays where it truly is; a backward block that adds into a
-        whole buffer passes all its rows.  Taps outside the rows count as padding.
+        whole buffer passes all its rows.  Taps outside the rows count as
+        padding, up to the end of the whole axis' padding; the overhang stays overhang.
         Returns ``(r0, r1, local_window)``.
         """
         if r0 is None:
             r0 = max(0, o0 * self.stride - self.pad)
         if r1 is None:
             r1 = min(self.size_in, (o1 - 1) * self.stride - self.pad + self.span)
-        local = AxisWindow(self.kernel, self.stride, self.dilation, self.pad - o0 * self.stride + r0, max(0, r1 - r0), o1 - o0)
-        return r0, max(r0, r1), local
+        r1 = max(r0, r1)
+        local = AxisWindow(self.kernel, self.stride, self.dilation, self.pad - o0 * self.stride + r0, r1 - r0, o1 - o0,
+                           self.size_in + self.pad_end - r1)
+        return r0, r1, local
 
 
 def _triple(value, name: str) -> tuple[int, int, int]:
@@ -116,7 +130,8 @@ class PoolSpec:
 def _windows(spec: PoolSpec, sizes: tuple[int, ...], names: tuple[str, ...]) -> tuple[AxisWindow, AxisWindow, AxisWindow]:
     out = spec.output_shape(sizes, names)
     wins = tuple(
-        AxisWindow(spec.kernel[a], spec.stride[a], spec.dilation[a], spec.padding[a], sizes[a], out[a]) for a in range(3)
+        AxisWindow(spec.kernel[a], spec.stride[a], spec.dilation[a], spec.padding[a], sizes[a], out[a], spec.padding[a])
+        for a in range(3)
     )
     if spec.padding_mode == "ignore":
         for a, w in enumerate(wins):

@@ -122,7 +122,7 @@ def pool3d_file(
         check_dtype(source.dtype)
         out_dtype = np.dtype(out_dtype) if out_dtype is not None else source.dtype
         check_dtype(out_dtype)
-        pad_value, order = padding_rule(source, padding_mode)
+        pad_value, order = padding_rule(source, spec)
         try:
             plan = plan_slabs(
                 source.shape,
@@ -216,25 +216,34 @@ def pool3d_file(
             src.close()
 
 
-def padding_rule(source: Source, padding_mode: str):
+class PaddingValueError(ValueError):
+    """Zero padding would take part, but the stored dtype cannot hold physical zero."""
+
+    def __init__(self, problem: str):
+        self.problem = problem  # without the way out, which callers word in their own terms
+        super().__init__(f"{problem}; use padding_mode='ignore' or no padding")
+
+
+def padding_rule(source: Source, spec: PoolSpec):
     """The raw stored value zero padding takes part with, and max or min pooling.
 
     Stored values map to physical ones as ``slope * raw + inter``: a negative
     slope turns the physical maximum into the raw minimum, and physical zero
-    is stored as ``-inter / slope``.
+    is stored as ``-inter / slope``.  Without padding no window reads any
+    (a ceil-mode overhang is not padding), so nothing needs storing: None.
     """
     slope, inter = source.meta.scale
     order = MIN if slope < 0 else MAX
-    if padding_mode == "ignore":
+    if spec.padding_mode == "ignore" or not any(spec.padding):
         return None, order
     raw = -inter / slope
     dtype = source.dtype
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if raw != int(raw) or not info.min <= raw <= info.max:
-            raise ValueError(
+            raise PaddingValueError(
                 f"{source.name}: zero padding means the physical value 0, stored as {raw:g}, which "
-                f"{dtype} cannot hold (scl_slope {slope:g}, scl_inter {inter:g}); use padding_mode 'ignore'"
+                f"{dtype} cannot hold (scl_slope {slope:g}, scl_inter {inter:g})"
             )
         return dtype.type(int(raw)), order
     return dtype.type(raw), order
