@@ -19,13 +19,14 @@ import click
 import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
-from lucid.io.atomic import file_identity
+from lucid.io.atomic import check_destination, file_identity
 from lucid.kernels.windows import PoolSpec
 from lucid.stream.api import PaddingValueError, pool3d_file
 
 from . import options as opt
 from . import report
 from .interrupts import STOP, Terminated
+from .preview import png_path, preview_command
 from .progress import progress_bar, wanted
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPT, EXIT_PIPE, EXIT_TERM = 1, 2, 130, 141, 143
@@ -251,11 +252,14 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Print the plan (shapes, geometry, slabs, memory); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
+@click.option("--preview", metavar="PNG", callback=png_path,
+              help="After the run, draw input, output and gradient map side by side (needs the [preview] extra).")
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
            out_dtype: str | None, grad_out: str | None, grad_in: str | None, indices_out: str | None,
-           memory_limit: int, threads: int | None, force: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+           memory_limit: int, threads: int | None, force: bool, dry_run: bool, as_json: bool, quiet: bool,
+           preview: str | None) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
     _check_dataset(input, dataset, "--dataset")
@@ -265,6 +269,8 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
     ctx.meta["lucid.input"] = input
     ctx.meta["lucid.json"] = as_json
+    if preview is not None:  # refused before the run, not after it
+        check_destination(preview, force=force, protect=[detect_format(p)[1] for p in (input, grad_in) if p])
 
     with progress_bar(wanted(quiet) and not dry_run) as progress:
         result = pool3d_file(
@@ -282,6 +288,14 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         )
     for text in warnings:
         click.echo(f"Warning: {text}", err=True)
+    if preview is not None and not dry_run:
+        from lucid.preview import render_run, save
+
+        spec = PoolSpec.create(kernel, kernel if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+        picture = render_run(input, result.output, result.grad_out, spec=spec, dataset=dataset, axes=axes)
+        save(picture, preview, force=force)
+        if not quiet and not as_json:
+            click.echo(f"  wrote {preview}: input, output{' and gradient map' if grad_out else ''}", err=True)
     data = result.to_dict()
     if as_json:
         _print_json({**data, "lucid_version": lucid.__version__, "warnings": warnings})
@@ -320,6 +334,9 @@ def info(ctx: click.Context, file: str, dataset: str | None, axes: str | None, a
         _print_json(found)
     else:
         _echo_lines(report.info_lines(found), err=False)
+
+
+main.add_command(preview_command)
 
 
 if __name__ == "__main__":  # python -m lucid_cli.main
