@@ -109,7 +109,7 @@ def _hdf5_datasets(file: str) -> list[dict[str, Any]]:
 
 
 def _hdf5_storage(file: str, dataset: str) -> dict[str, Any]:
-    from lucid.io.hdf5 import SKIP_ATTRS, open_h5_file
+    from lucid.io.hdf5 import SKIP_ATTRS, dimension_labels, open_h5_file
 
     with open_h5_file(file, file) as f:
         ds = f[dataset]
@@ -121,10 +121,7 @@ def _hdf5_storage(file: str, dataset: str) -> dict[str, Any]:
                 attrs[key] = ds.attrs[key]
             except Exception:  # attribute types h5py cannot read
                 attrs[key] = "<unreadable>"
-        try:
-            labels = [d.label for d in ds.dims]
-        except Exception:  # pragma: no cover
-            labels = []
+        labels = dimension_labels(ds)
         return {
             "dataset": ds.name,
             "chunks": None if ds.chunks is None else list(ds.chunks),

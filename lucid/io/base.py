@@ -8,7 +8,7 @@ What engine code may rely on
 ----------------------------
 Source: ``name``, ``path`` (absolute path or None), ``shape``, ``dtype`` (native
 byte order, what ``read`` returns), ``layout``, ``meta``, ``order`` ("C" or "F":
-the file's memory order), ``slab_axis``, ``chunk_rows``, ``set_cache(nbytes)``,
+the file's memory order), ``slab_axis``, ``files()``, ``warnings``, ``chunk_rows``, ``set_cache(nbytes)``,
 ``read(index)`` (a fresh, writable array the caller owns), ``close()``.
 
 Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
@@ -141,6 +141,7 @@ class Source(ABC):
     meta: VolumeMeta
     order: str = "C"  # memory order of the file: "C" (last axis fastest) or "F"
     chunk_rows: int = 1  # extent of one storage chunk along slab_axis (1: no chunking)
+    warnings: tuple[str, ...] = ()  # one-line doubts about the file, e.g. a guessed layout
 
     @property
     def slab_axis(self) -> int:
@@ -154,6 +155,11 @@ class Source(ABC):
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def files(self) -> tuple[str, ...]:
+        """Every file reading this source touches (absolute paths): no output may be one
+        of them.  HDF5 adds external-link targets, virtual-dataset sources and external storage."""
+        return (self.path,) if self.path else ()
 
     def set_cache(self, nbytes: int) -> None:
         """Size the reader's cache to hold one slab (``nbytes``); a no-op where there is none."""

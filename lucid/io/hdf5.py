@@ -169,12 +169,34 @@ def _filter_problem(ds: h5py.Dataset) -> str | None:
     return None
 
 
+def dimension_labels(ds: h5py.Dataset) -> list[str]:
+    """The dataset's dimension labels ("" where unset), read from the attribute itself.
+
+    Never through ``ds.dims[i].label``: HDF5's dimension-scale API frees memory it
+    does not own, and aborts the interpreter, on a hand-written ``DIMENSION_LABELS``
+    of another type or length.  A malformed attribute counts as no labels.
+    """
+    blank = [""] * ds.ndim
+    try:
+        if "DIMENSION_LABELS" not in ds.attrs:
+            return blank
+        attr = ds.attrs.get_id("DIMENSION_LABELS")
+        if attr.shape != (ds.ndim,) or attr.get_type().get_class() != h5py.h5t.STRING:
+            return blank
+        values = ds.attrs["DIMENSION_LABELS"]
+    except Exception:  # unreadable: no labels
+        return blank
+    labels = []
+    for value in np.asarray(values, dtype=object).ravel():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        labels.append(value.strip("\0") if isinstance(value, str) else "")
+    return labels
+
+
 def _axes_from_labels(ds: h5py.Dataset) -> str | None:
     """Single-letter dimension labels that form a valid layout (e.g. "thwc"), else None."""
-    try:
-        labels = [d.label for d in ds.dims]
-    except Exception:  # pragma: no cover
-        return None
+    labels = dimension_labels(ds)
     if not all(isinstance(lab, str) and len(lab) == 1 for lab in labels):
         return None
     text = "".join(labels).lower()
@@ -183,6 +205,76 @@ def _axes_from_labels(ds: h5py.Dataset) -> str | None:
     except (LucidIOError, ValueError):
         return None
     return text
+
+
+def _resolve(name: str, beside: str) -> str:
+    """A file named by an external link, a VDS mapping or external storage: HDF5 looks
+    for a relative name beside the file that names it first, then in the working directory."""
+    if os.path.isabs(name):
+        return name
+    near = os.path.join(os.path.dirname(beside), name)
+    return os.path.abspath(near if os.path.exists(near) or not os.path.exists(name) else name)
+
+
+def _linked_files(f: h5py.File, path: str, depth: int = 0) -> list[str]:
+    """The file and every file the external links on the way to ``path`` lead through."""
+    files = [os.path.abspath(f.filename)]
+    parts = path.strip("/").split("/")
+    group = f
+    for i, part in enumerate(parts):
+        link = group.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and depth < 32:
+            target = _resolve(link.filename, group.file.filename)
+            rest = "/".join([link.path.strip("/"), *parts[i + 1:]])
+            with h5py.File(target, "r") as hop:
+                return files + _linked_files(hop, rest, depth + 1)
+        group = group[part]
+    return files
+
+
+def _virtual_sources(ds: h5py.Dataset, name: str) -> list[str]:
+    """The source files of a virtual dataset; refuses missing ones and sources too small
+    for their mapping (HDF5 would read the fill value there, silently)."""
+    files = []
+    here = ds.file.filename
+    for vmap in ds.virtual_sources():
+        if vmap.file_name == ".":
+            src_file = os.path.abspath(here)
+        else:
+            src_file = _resolve(vmap.file_name, here)
+        if not os.path.isfile(src_file):
+            raise LucidIOError(f"{name}: virtual dataset source {vmap.file_name} is missing ({src_file})")
+        try:
+            with h5py.File(src_file, "r") as src:
+                target = src.get(vmap.dset_name)
+                if not isinstance(target, h5py.Dataset):
+                    raise LucidIOError(f"{name}: virtual dataset source {src_file} has no dataset {vmap.dset_name}")
+                shape = target.shape
+        except OSError as exc:
+            raise LucidIOError(f"{name}: cannot open virtual dataset source {src_file}: {one_line(exc)}") from None
+        try:
+            lo, hi = vmap.src_space.get_select_bounds()
+        except Exception:  # an unlimited or empty selection: nothing to check
+            lo = hi = None
+        if hi is not None and any(h >= n for h, n in zip(hi, shape)):
+            need = "x".join(str(h + 1) for h in hi)
+            raise LucidIOError(
+                f"{name}: virtual dataset source {src_file}:{vmap.dset_name} has shape "
+                f"{'x'.join(map(str, shape))}, smaller than its mapping needs ({need})"
+            )
+        files.append(src_file)
+    return files
+
+
+def files_read(f: h5py.File, path: str, ds: h5py.Dataset, name: str) -> tuple[str, ...]:
+    """Every file reading ``ds`` (at ``path`` in ``f``) touches: the file, external-link
+    targets on the way, virtual dataset sources and external raw storage."""
+    files = [*_linked_files(f, path), os.path.abspath(ds.file.filename)]  # the last: where HDF5 found it
+    if ds.is_virtual:
+        files += _virtual_sources(ds, name)
+    for entry in ds.external or ():
+        files.append(_resolve(entry[0], ds.file.filename))
+    return tuple(dict.fromkeys(files))
 
 
 def _next_prime(n: int) -> int:
@@ -228,6 +320,8 @@ class HDF5Source(Source):
         if ds.shape is None or ds.ndim < 3:
             shape = () if ds.shape is None else ds.shape
             raise LucidIOError(f"{self.name}: a {len(shape)}-D dataset (shape {shape}) cannot be pooled in 3-D")
+        key = ds.name if dataset is None else "/" + dataset.lstrip("/")  # ds.name is its name in its own file
+        self._files = files_read(self.file, key, ds, self.name)
         self.shape = tuple(int(n) for n in ds.shape)
         try:
             stored = ds.dtype
@@ -238,12 +332,17 @@ class HDF5Source(Source):
         problem = _filter_problem(ds)
         if problem:
             raise LucidIOError(f"{self.name}: {problem}")
-        if axes is None:
-            axes = _axes_from_labels(ds)
+        guessed = axes is None and (axes := _axes_from_labels(ds)) is None
         try:
             self.layout = parse_layout(axes, ds.ndim, "hdf5")
         except LucidIOError as exc:
             raise type(exc)(f"{self.name}: {exc}") from None
+        if guessed and ds.ndim == 4 and self.shape[3] in (3, 4) and self.shape[0] not in (3, 4):
+            self.warnings = (
+                f"{self.name}: no dimension labels, so {'x'.join(map(str, self.shape))} is read as "
+                f"c,d,h,w; its last axis of {self.shape[3]} looks like colour: for a video give "
+                f"axes 'thwc' (--axes thwc)",
+            )
         self.chunks = tuple(ds.chunks) if ds.chunks else None
         self._slab_axis = self._pick_slab_axis()
         self.chunk_rows = int(self.chunks[self._slab_axis]) if self.chunks else 1
@@ -269,10 +368,7 @@ class HDF5Source(Source):
                 attrs[key] = ds.attrs[key]
             except Exception:  # unreadable attribute types: skip
                 continue
-        try:
-            labels = [d.label for d in ds.dims]
-        except Exception:  # pragma: no cover
-            labels = [""] * ds.ndim
+        labels = dimension_labels(ds)
         spacing = unit = None
         esu = attrs.get("element_size_um")
         if esu is not None:
@@ -313,6 +409,9 @@ class HDF5Source(Source):
             extra={"attrs": attrs, "dim_labels": labels, "dataset": ds.name, "chunks": self.chunks,
                    "compression": ds.compression},
         )
+
+    def files(self) -> tuple[str, ...]:
+        return self._files
 
     def set_cache(self, nbytes: int) -> None:
         """Re-open the dataset with a chunk cache of ``nbytes`` (+ one chunk); see module doc."""
@@ -405,6 +504,25 @@ def choose_chunks(shape, itemsize: int, slab_axis: int, slab_rows: int | None, o
             chunks[slab_axis] = rows
             break
     return tuple(chunks)
+
+
+FRAME_RATES = {"fps", "frame_rate", "framerate", "frames_per_second"}  # divided by the time stride
+FRAME_TIMES = {"frame_interval", "frame_time", "frame_duration", "dt", "time_step"}  # multiplied by it
+
+
+def _time_scaled(key: str, value, like: Source, stride):
+    """A video attribute on the output grid: the frame rate over the stride along a pooled t axis."""
+    name = key.lower()
+    if (name not in FRAME_RATES and name not in FRAME_TIMES) or "t" not in like.layout.pooled_letters:
+        return value
+    step = stride[like.layout.pooled_letters.index("t")]
+    try:
+        number = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return value
+    if number.ndim or step == 1:
+        return value
+    return float(number / step if name in FRAME_RATES else number * step)
 
 
 def _storable(value):
@@ -575,7 +693,7 @@ class HDF5Sink(FileSink):
             if key in SKIP_ATTRS or key in COPY_SKIP or key.startswith("lucid_"):
                 continue
             try:
-                attrs[key] = value
+                attrs[key] = _time_scaled(key, value, like, stride)
             except Exception:  # attributes h5py cannot write back (references, ...)
                 pass
         # spacing

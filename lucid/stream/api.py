@@ -157,7 +157,8 @@ def pool3d_file(
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
-        protect = [g.path for g in opened if getattr(g, "path", None)]
+        protect = [f for g in opened for f in g.files()]  # links, VDS sources: every file read
+        report.warnings.extend(w for g in opened for w in g.warnings)
         if dry_run:
             report.dry_run = True
             for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
