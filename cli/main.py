@@ -65,14 +65,19 @@ class LucidGroup(click.Group):
         return code
 
     def _run(self, args, prog_name, complete_var, **extra) -> int:
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            rv = super().main(args, prog_name or "lucid", complete_var, standalone_mode=False, **extra)
+            rv = super().main(argv, prog_name or "lucid", complete_var, standalone_mode=False, **extra)
             return rv if isinstance(rv, int) else 0
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()  # the help text, as click does
             return exc.exit_code
-        except click.ClickException as exc:
-            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+        except click.ClickException as exc:  # usage errors (parsed before any command runs) and failures
+            message = _one_line(exc.format_message())
+            click.echo(f"Error: {message}", err=True)
+            typed = self.typed_options(argv)
+            if typed.get("as_json"):
+                _print_json(error_object(message, exc.exit_code, typed))
             return exc.exit_code
         except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
             click.echo("Error: interrupted", err=True)
@@ -80,6 +85,27 @@ class LucidGroup(click.Group):
         except Terminated:
             click.echo("Error: terminated", err=True)
             return EXIT_TERM
+
+    def typed_options(self, argv: list[str]) -> dict[str, Any]:
+        """The subcommand's options and arguments as typed, unchecked (``{}`` without a subcommand).
+
+        Usage errors stop click before any callback ran, so whether ``--json``
+        was given, and the files named, are read here from the raw words."""
+        words = [w for w in argv if w != "--debug"]
+        command = self.get_command(click.Context(self), words[0]) if words else None
+        if command is None:
+            return {}
+        rest = words[1:]
+        for _ in range(len(rest) + 1):  # drop unknown options one by one
+            try:
+                parser = command.make_parser(click.Context(command, info_name=words[0]))
+                typed = parser.parse_args(list(rest))[0]
+                return {k: v for k, v in typed.items() if isinstance(v, (str, bool, list, tuple))}
+            except click.NoSuchOption as exc:
+                rest = [w for w in rest if w.split("=", 1)[0] != exc.option_name]
+            except click.ClickException:  # e.g. ``-k`` without its value: at least honour --json
+                break
+        return {"as_json": "--json" in rest[: rest.index("--")] if "--" in rest else "--json" in rest}
 
     def invoke(self, ctx: click.Context):
         try:
@@ -96,9 +122,15 @@ class LucidGroup(click.Group):
             message, code = _describe_error(exc, ctx.meta.get("lucid.input"))
             if ctx.meta.get("lucid.debug"):
                 traceback.print_exc()
-            if ctx.meta.get("lucid.json"):
-                _print_json({"error": message, "exit_code": code})
             raise Failure(message, code) from None
+
+
+def error_object(message: str, code: int, typed: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` form of an error: the message, the exit code and the files as typed."""
+    given = typed.get("input", typed.get("file"))
+    if isinstance(given, (list, tuple)):  # ``lucid info`` takes several files
+        given = given[0] if len(given) == 1 else list(given)
+    return {"error": message, "exit_code": code, "input": given, "output": typed.get("output")}
 
 
 def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, int]:

@@ -327,7 +327,8 @@ def test_runtime_errors_exit_1_with_one_line_naming_the_file(tmp_path, monkeypat
 
 def test_json_errors_are_reported_as_json_too(tmp_path):
     result = lucid_cmd("pool3d", "missing.nii", tmp_path / "o.nii", "--json")
-    assert json.loads(result.stdout) == {"error": "missing.nii: no such file", "exit_code": 1}
+    assert json.loads(result.stdout) == {"error": "missing.nii: no such file", "exit_code": 1,
+                                         "input": "missing.nii", "output": str(tmp_path / "o.nii")}
     one_error_line(result, 1)
 
 
