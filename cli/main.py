@@ -278,6 +278,8 @@ Examples:
               help="Memory for slab buffers: bytes or K/M/G.")
 @click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
 @click.option("-f", "--force", is_flag=True, help="Replace existing output files.")
+@click.option("--mkdir", "make_dirs", is_flag=True,
+              help="Create missing output directories, as mkdir -p does (removed again if the run fails).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (shapes, geometry, slabs, memory); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
@@ -285,7 +287,8 @@ Examples:
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
            out_dtype: str | None, grad_out: str | None, grad_in: str | None, indices_out: str | None,
-           memory_limit: int, threads: int | None, force: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+           memory_limit: int, threads: int | None, force: bool, make_dirs: bool, dry_run: bool, as_json: bool,
+           quiet: bool) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
     _check_dataset(input, dataset, "--dataset")
@@ -302,7 +305,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             dilation=dilation, ceil_mode=ceil_mode, padding_mode=padding_mode, axes=axes,
             dataset=dataset, out_dataset=out_dataset, grad_in=grad_in, grad_out=grad_out,
             indices_out=indices_out, out_dtype=out_dtype, compression=compression,
-            memory_limit=memory_limit, threads=threads, force=force, progress=STOP.guard(progress), dry_run=dry_run,
+            memory_limit=memory_limit, threads=threads, force=force, make_dirs=make_dirs, progress=STOP.guard(progress), dry_run=dry_run,
         )
     warnings = list(result.warnings)  # a dry run lists outputs that exist
     if result.padding_won and result.padding_mode == "zeros":

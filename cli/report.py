@@ -82,6 +82,8 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
     if _is_hdf5(r["output"]) and r["spacing_out"] is not None and r["spacing_unit"] in UNIT_TO_UM:
         um = [v * UNIT_TO_UM[r["spacing_unit"]] for v in r["spacing_out"]]
         out.append(line("element size", " x ".join(number(v) for v in um) + " um (element_size_um)"))
+    if r.get("created_dirs"):
+        out.append(line("directories", f"would create {', '.join(r['created_dirs'])}"))
     out.append(line("slabs", _slabs(r)))
     out.append(line("memory", f"{human_bytes(r['memory_estimate'])} estimated, limit {human_bytes(r['memory_limit'])}"))
     return out
@@ -95,6 +97,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     if r["grad_out"]:
         out.append(f"  wrote {r['grad_out']}: gradient map {shape(r['in_shape'])} {r['grad_dtype']}"
                    f" (upstream {r['grad_in'] or 'ones'})")
+    for directory in r.get("created_dirs") or []:
+        out.append(f"  created directory {directory}")
     if r["indices_out"]:
         out.append(f"  wrote {r['indices_out']}: argmax indices {shape(r['out_shape'])} int64")
     if r["spacing_in"] is not None:

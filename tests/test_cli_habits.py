@@ -78,3 +78,49 @@ def test_json_runtime_errors_name_input_and_output(tmp_path):
     result = lucid_cmd("pool3d", CT, out, "-k", "100", "--json")
     obj = json.loads(result.stdout)
     assert obj["exit_code"] == 1 and "kernel 100" in obj["error"] and obj["input"] == str(CT) and obj["output"] == str(out)
+
+
+# ---------------------------------------------------------------- #12.7 --mkdir
+
+
+def test_missing_output_directory_is_refused_naming_the_flag(tmp_path):
+    line = error_line(lucid_cmd("pool3d", CT, tmp_path / "pooled" / "ct.nii.gz"), 1)
+    assert "output directory" in line and "does not exist" in line and "--mkdir" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mkdir_creates_every_output_directory_as_mkdir_p(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = lucid_cmd("pool3d", CT, "pooled/a/ct.nii.gz", "--grad-out", "grads/g.nii", "--mkdir")
+    assert result.exit_code == 0, result.stderr
+    assert nib.load("pooled/a/ct.nii.gz").shape == (32, 32, 24) and nib.load("grads/g.nii").shape == (64, 64, 48)
+    assert "created directory pooled\n" in result.stderr and "created directory pooled/a\n" in result.stderr
+    again = lucid_cmd("pool3d", CT, "pooled/a/ct2.nii.gz", "--mkdir")  # existing directories are fine
+    assert again.exit_code == 0 and "created directory" not in again.stderr
+
+
+def test_mkdir_dry_run_creates_nothing_and_says_what_it_would_create(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = lucid_cmd("pool3d", CT, "pooled/ct.nii.gz", "--mkdir", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "would create pooled" in result.stdout and list(tmp_path.iterdir()) == []
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    line = error_line(lucid_cmd("pool3d", CT, "file/sub/ct.nii.gz", "--mkdir", "--dry-run"), 1)
+    assert "cannot create directory file" in line and "is not a directory" in line
+
+
+def test_a_failed_run_removes_the_directories_it_created(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("g.nii").write_text("")  # an existing gradient output without --force: refused after the mkdir
+    line = error_line(lucid_cmd("pool3d", CT, "pooled/deep/ct.nii.gz", "--grad-out", "g.nii", "--mkdir"), 1)
+    assert "g.nii: output exists" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.nii"]
+
+
+def test_make_dirs_is_a_library_parameter(tmp_path):
+    out = tmp_path / "a" / "b" / "ct.nii.gz"
+    report = pool3d_file(CT, out, 2, make_dirs=True)
+    assert out.exists() and report.created_dirs == [str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+    with pytest.raises(Exception, match="does not exist"):
+        pool3d_file(CT, tmp_path / "c" / "ct.nii.gz", 2)

@@ -124,7 +124,7 @@ def check_destination(
     if path.name in ("", ".", ".."):
         raise LucidIOError(f"{display}: not a file name")
     if not directory.exists():
-        raise LucidIOError(f"{display}: output directory {shown_dir} does not exist")
+        raise LucidIOError(f"{display}: output directory {shown_dir} does not exist (create it, or pass --mkdir)")
     if not directory.is_dir():
         raise LucidIOError(f"{display}: {shown_dir} is not a directory")
     if os.path.lexists(path):

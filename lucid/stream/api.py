@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
+from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
@@ -59,6 +59,7 @@ class PoolReport:
     seconds: float = 0.0
     peak_memory_mib: float = 0.0
     padding_won: bool = False
+    created_dirs: list[str] = field(default_factory=list)  # made for the outputs (or, dry run, to be made)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +89,7 @@ def pool3d_file(
     memory_limit=DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
     force: bool = False,
+    make_dirs: bool = False,
     progress: engine.Progress | None = None,
     dry_run: bool = False,
 ) -> PoolReport:
@@ -98,6 +100,8 @@ def pool3d_file(
     ``grad_out`` the backward pass writes the gradient map on the input grid,
     routing ``grad_in`` (a file on the output grid; ones when omitted).
     Outputs appear only when everything succeeded; inputs are only read.
+    ``make_dirs`` creates missing output directories as ``mkdir -p`` does
+    (and removes them again if the run fails).
     """
     spec = PoolSpec.create(kernel_size, kernel_size if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
     limit = parse_size(memory_limit)
@@ -116,6 +120,7 @@ def pool3d_file(
 
     opened: list = []
     sinks: list = []
+    created: list = []
     try:
         source = open_source(input, dataset=dataset, axes=axes)
         opened.append(source)
@@ -163,6 +168,10 @@ def pool3d_file(
             for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
                 if isinstance(target, (str, os.PathLike)):
                     file = detect_format(target)[1]
+                    if make_dirs and dirs.missing_dirs(file):
+                        dirs.check_creatable(file)
+                        report.created_dirs += [str(d) for d in dirs.missing_dirs(file) if str(d) not in report.created_dirs]
+                        continue
                     check_destination(file, force=True, protect=protect)
                     if not force and os.path.lexists(file):
                         report.warnings.append(f"{file}: output exists; the run will refuse it without --force")
@@ -178,6 +187,10 @@ def pool3d_file(
             "padding_mode": spec.padding_mode,
             "source": source.name,
         }
+        if make_dirs:
+            created = dirs.make_dirs(detect_format(p)[1] for p in (output, grad_out, indices_out)
+                                     if isinstance(p, (str, os.PathLike)))
+            report.created_dirs = [str(d) for d in created]
         common = dict(like=source, compression=compression, force=force, slab_rows=plan.rows_per_slab,
                       provenance=provenance, protect=protect)
         out_sink = grad_sink = index_sink = None
@@ -205,6 +218,7 @@ def pool3d_file(
         for sink in sinks:
             sink.commit()
         sinks.clear()
+        created = []  # the outputs are in them now
         report.seconds = stats.seconds
         report.padding_won = stats.padding_won
         report.peak_memory_mib = peak_memory_mib()
@@ -212,6 +226,7 @@ def pool3d_file(
     finally:
         for sink in sinks:  # anything not committed: an error or an interrupt
             sink.abort()
+        dirs.remove_dirs(created)
         for src in opened:
             src.close()
 
