@@ -247,8 +247,8 @@ Examples:
 
 
 @main.command("pool3d", help=POOL3D_HELP, no_args_is_help=True)
-@click.argument("input", callback=opt.volume_path)
-@click.argument("output", callback=opt.volume_path)
+@click.argument("input", type=opt.VOLUME)
+@click.argument("output", type=opt.VOLUME)
 @click.option("-k", "--kernel", default="2", show_default=True, metavar="K", callback=opt.per_axis(1),
               help="Window size: one integer or three (2,2,1 or 2x2x1).")
 @click.option("-s", "--stride", metavar="S", callback=opt.per_axis(1), help="Step between windows [default: kernel].")
@@ -268,11 +268,11 @@ Examples:
               help="HDF5: gzip, gzip:N (level 0-9), lzf or none; .nii.gz is always gzip (level N if given).")
 @click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
               help="Output dtype, e.g. float32 [default: the input's].")
-@click.option("--grad-out", metavar="FILE", callback=opt.volume_path,
+@click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
               help="Write the gradient map on the input grid (float32).")
-@click.option("--grad-in", metavar="FILE", callback=opt.volume_path,
+@click.option("--grad-in", metavar="FILE", type=opt.VOLUME,
               help="Upstream gradient on the output grid [default: ones, i.e. a count of selections].")
-@click.option("--indices-out", metavar="FILE", callback=opt.volume_path,
+@click.option("--indices-out", metavar="FILE", type=opt.VOLUME,
               help="Write argmax flat indices (int64, PyTorch convention).")
 @click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
               help="Memory for slab buffers: bytes or K/M/G.")
@@ -339,7 +339,7 @@ Examples:
 
 
 @main.command("info", help=INFO_HELP, no_args_is_help=True)
-@click.argument("file", callback=opt.volume_path)
+@click.argument("file", type=opt.VOLUME)
 @click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
 @click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

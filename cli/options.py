@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import click
@@ -36,15 +37,33 @@ def per_axis(minimum: int):
     return callback
 
 
+class VolumePath(click.Path):
+    """A volume file: offered as a file by shell completion, need not exist, ``file.h5:/dataset`` allowed.
+
+    Only the suffix is checked here (bad: exit 2); existence, readability and
+    directories are the library's to report (exit 1), naming the file."""
+
+    name = "volume"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=True, readable=False, path_type=str)
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            value = os.fspath(value)
+        try:
+            detect_format(value)
+        except LucidIOError as exc:
+            self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+VOLUME = VolumePath()
+
+
 def volume_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A path whose suffix names a supported format (``file.h5:/dataset`` allowed)."""
-    if value is None:
-        return None
-    try:
-        detect_format(value)
-    except LucidIOError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+    """Callback form of :class:`VolumePath` (the suffix check only)."""
+    return None if value is None else VOLUME.convert(value, param, ctx)
 
 
 def memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

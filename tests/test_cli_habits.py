@@ -124,3 +124,48 @@ def test_make_dirs_is_a_library_parameter(tmp_path):
     assert out.exists() and report.created_dirs == [str(tmp_path / "a"), str(tmp_path / "a" / "b")]
     with pytest.raises(Exception, match="does not exist"):
         pool3d_file(CT, tmp_path / "c" / "ct.nii.gz", 2)
+
+
+# ---------------------------------------------------------------- #12.8 shell completion
+
+
+def _bash_complete(words: str, cword: int, cwd: Path) -> list[str]:
+    env = {**os.environ, "_LUCID_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    done = subprocess.run([sys.executable, "-m", "lucid_cli.main"], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_bash_completion_offers_files_for_every_path(tmp_path):
+    assert _bash_complete("lucid pool3d sam", 2, ROOT) == ["file,sam"]  # bash then runs compgen -f
+    assert _bash_complete("lucid pool3d a.nii o", 3, ROOT) == ["file,o"]
+    assert _bash_complete("lucid pool3d a.nii o.nii --grad-out g", 5, ROOT) == ["file,g"]
+    assert _bash_complete("lucid info sample_data/v", 2, ROOT) == ["file,sample_data/v"]
+    assert "plain,--mkdir" in _bash_complete("lucid pool3d --mk", 2, ROOT)
+
+
+@pytest.mark.parametrize("shell", [BashComplete, ZshComplete, FishComplete])
+def test_completion_classes_see_file_arguments(shell):
+    completer = shell(main, {}, "lucid", "_LUCID_COMPLETE")
+    for args, incomplete in ((["pool3d"], "ct"), (["pool3d", "a.nii"], "o"), (["pool3d", "a.nii", "b.nii", "--grad-in"], "g"),
+                             (["info"], "x")):
+        items = completer.get_completions(args, incomplete)
+        assert [(i.type, i.value) for i in items] == [("file", incomplete)], (args, items)
+
+
+def test_the_completion_scripts_exist_for_bash_zsh_and_fish():
+    for shell in ("bash", "zsh", "fish"):
+        env = {**os.environ, "_LUCID_COMPLETE": f"{shell}_source"}
+        done = subprocess.run([sys.executable, "-m", "lucid_cli.main"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "_LUCID_COMPLETE" in done.stdout, (shell, done.stderr)
+
+
+def test_path_type_keeps_dataset_suffix_and_leaves_existence_to_the_library(tmp_path):
+    out = tmp_path / "o.h5"
+    result = lucid_cmd("pool3d", f"{VOL5}:/data", f"{out}:/pooled/x", "--compression", "none")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        assert f["/pooled/x"].shape == (2, 3, 16, 16, 16)
+    assert "no such file" in error_line(lucid_cmd("pool3d", tmp_path / "nope.h5:/data", tmp_path / "p.h5"), 1)
+    assert "unsupported file type" in error_line(lucid_cmd("pool3d", CT, tmp_path / "o.txt"), 2)
