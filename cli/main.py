@@ -20,8 +20,7 @@ import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import file_identity
-from lucid.kernels.windows import PoolSpec
-from lucid.stream.api import pool3d_file
+from lucid.stream.api import pool3d_file, pool_spec
 
 from . import options as opt
 from . import report
@@ -193,9 +192,10 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) 
         seen[key] = f"{label} {path}"
 
 
-def _check_spec(kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str) -> None:
+def _check_spec(input: str, kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str,
+                dataset: str | None, axes: str | None) -> None:
     try:
-        PoolSpec.create(kernel, kernel if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+        pool_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     except (TypeError, ValueError) as exc:
         raise click.UsageError(_one_line(str(exc))) from None
 
@@ -293,7 +293,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
     _check_dataset(input, dataset, "--dataset")
     _check_dataset(output, out_dataset, "--out-dataset")
-    _check_spec(kernel, stride, padding, dilation, ceil_mode, padding_mode)
+    _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
     _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
     ctx.meta["lucid.input"] = input
@@ -309,9 +309,10 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         )
     warnings = list(result.warnings)  # a dry run lists outputs that exist
     if result.padding_won and result.padding_mode == "zeros":
+        example = ", e.g. CT air at -1000 HU" if detect_format(input)[0] == "nifti" else ""
         warnings.append(
-            f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there, "
-            "e.g. CT air at -1000 HU); use --padding-mode ignore to pool real voxels only"
+            f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there"
+            f"{example}); use --padding-mode ignore to pool real voxels only"
         )
     for text in warnings:
         click.echo(f"Warning: {text}", err=True)

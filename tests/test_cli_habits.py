@@ -169,3 +169,65 @@ def test_path_type_keeps_dataset_suffix_and_leaves_existence_to_the_library(tmp_
         assert f["/pooled/x"].shape == (2, 3, 16, 16, 16)
     assert "no such file" in error_line(lucid_cmd("pool3d", tmp_path / "nope.h5:/data", tmp_path / "p.h5"), 1)
     assert "unsupported file type" in error_line(lucid_cmd("pool3d", CT, tmp_path / "o.txt"), 2)
+
+
+# ---------------------------------------------------------------- #12.9 messages that mislead
+
+
+def test_four_d_nifti_says_slabs_per_time_point(tmp_path):
+    result = lucid_cmd("pool3d", MRI, tmp_path / "m.h5", "-k", "2,2,1")
+    assert result.exit_code == 0, result.stderr
+    assert "5 slabs (1 along z for each of 5 t), 24 output rows each" in result.stderr
+    plan = lucid_cmd("pool3d", VOL5, tmp_path / "v.h5", "--dry-run").stdout
+    assert "6 slabs (1 along d for each of 2x3 n,c), 16 output rows each" in plan
+
+
+def test_one_output_row_is_singular(tmp_path):
+    result = lucid_cmd("pool3d", CT, tmp_path / "o.nii", "-k", "2", "-s", "64")
+    assert result.exit_code == 0, result.stderr
+    assert "1 slab along z, 1 output row each;" in result.stderr
+
+
+def test_nifti_padding_error_names_x_y_z_not_depth(tmp_path):
+    line = error_line(lucid_cmd("pool3d", CT, tmp_path / "o.nii", "-k", "3", "-p", "2", "--padding-mode", "ignore"), 2)
+    assert "along axis 0 (x)" in line and "depth" not in line and "ct_phantom.nii.gz" in line
+    line = error_line(lucid_cmd("pool3d", CT, tmp_path / "o.nii", "-k", "3,3,2", "-p", "0,0,2",
+                                "--padding-mode", "ignore"), 2)
+    assert "along axis 2 (z)" in line
+    with pytest.raises(ValueError, match=r"along axis 1 \(y\)"):  # the library call words it the same
+        pool3d_file(CT, tmp_path / "o.nii", (3, 3, 3), padding=(0, 2, 0), padding_mode="ignore")
+
+
+def test_ct_air_hint_only_for_nifti(tmp_path):
+    micro = tmp_path / "micro.h5"
+    with h5py.File(micro, "w") as f:
+        f["data"] = -np.ones((8, 8, 8), np.float32)  # e.g. background-subtracted microscopy
+    result = lucid_cmd("pool3d", micro, tmp_path / "o.h5", "-k", "3", "-p", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "zero padding won the maximum" in result.stderr and "CT" not in result.stderr
+    result = lucid_cmd("pool3d", CT, tmp_path / "ct.nii", "-k", "3", "-p", "1")
+    assert "CT air at -1000 HU" in result.stderr
+
+
+def test_axes_error_lists_each_letter_once():
+    line = error_line(lucid_cmd("pool3d", CT, "o.nii", "--axes", "qyz"), 2)
+    always_pooled = line.split("always pooled:")[1].split(";")[0].split()
+    always_carried = line.split("always carried:")[1].split(";")[0].split()
+    assert not set(always_pooled) & set(always_carried)
+    assert "t" not in always_pooled + always_carried and "w" not in always_pooled + always_carried
+    assert "t and w" in line
+
+
+def test_hdf5_to_nifti_summary_prints_each_file_in_its_own_order(tmp_path):
+    out, grad = tmp_path / "v.nii.gz", tmp_path / "g.nii"
+    result = lucid_cmd("pool3d", VOL5, out, "--grad-out", grad)
+    assert result.exit_code == 0, result.stderr
+    assert nib.load(out).shape == (16, 16, 16, 3, 2) and nib.load(grad).shape == (32, 32, 32, 3, 2)
+    assert "2x3x32x32x32 float32" in result.stderr  # the input, as HDF5 stores it
+    assert f"wrote {out}: 16x16x16x3x2 float32" in result.stderr
+    assert f"wrote {grad}: gradient map 32x32x32x3x2" in result.stderr
+    info = lucid_cmd("info", out).stdout
+    assert "16x16x16x3x2" in info
+    plan = lucid_cmd("pool3d", VOL5, tmp_path / "w.nii", "--dry-run", "--json").stdout
+    shapes = json.loads(plan)["file_shapes"]
+    assert shapes == {"input": [2, 3, 32, 32, 32], "output": [16, 16, 16, 3, 2]}

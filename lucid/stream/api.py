@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name
+from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
@@ -48,7 +48,7 @@ class PoolReport:
     padding_mode: str
     slab_axis: str
     rows_per_slab: int
-    slabs: int
+    slabs: int  # in all: slabs along slab_axis times the indices of the outer axes
     memory_limit: int
     memory_estimate: int
     spacing_in: tuple[float, ...] | None = None
@@ -59,6 +59,9 @@ class PoolReport:
     seconds: float = 0.0
     peak_memory_mib: float = 0.0
     padding_won: bool = False
+    slabs_along_axis: int = 0  # slabs along slab_axis, repeated for each index of the outer axes
+    outer_axes: dict[str, int] = field(default_factory=dict)  # carried axes walked one index at a time: size
+    file_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # each file's shape in its own axis order
     created_dirs: list[str] = field(default_factory=list)  # made for the outputs (or, dry run, to be made)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -103,7 +106,7 @@ def pool3d_file(
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
     (and removes them again if the run fails).
     """
-    spec = PoolSpec.create(kernel_size, kernel_size if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+    spec = pool_spec(input, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     limit = parse_size(memory_limit)
     if output is None and grad_out is None and indices_out is None and not dry_run:
         raise ValueError("nothing to write: give an output, grad_out or indices_out")
@@ -231,6 +234,25 @@ def pool3d_file(
             src.close()
 
 
+def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros", *,
+              dataset: str | None = None, axes: str | None = None) -> PoolSpec:
+    """The validated parameters (``stride`` None: the kernel); errors name ``input``'s pooled axes
+    (``axis 0 (x)``), not depth/height/width, when the input can be opened."""
+    stride = kernel_size if stride is None else stride
+    try:
+        return PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
+    except ValueError as plain:
+        try:
+            with open_source(input, dataset=dataset, axes=axes) as source:
+                names, shown = [_axis_name(source, a) for a in source.layout.pooled], source.name
+        except Exception:  # an input that cannot be opened: the plain message
+            raise plain from None
+        try:
+            return PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode, names=names)
+        except ValueError as exc:
+            raise ValueError(f"{shown}: {exc}") from None
+
+
 def padding_rule(source: Source, padding_mode: str):
     """The raw stored value zero padding takes part with, and max or min pooling.
 
@@ -309,6 +331,11 @@ def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, in
         slab_axis=source.layout.axes[plan.slab_axis],
         rows_per_slab=plan.rows_per_slab,
         slabs=plan.job_count,
+        slabs_along_axis=len(plan.slabs),
+        outer_axes={source.layout.axes[a]: int(plan.in_shape[a]) for a in plan.outer},
+        file_shapes={key: stored_shape(p, shape, source) for key, p, shape in (
+            ("input", None, plan.in_shape), ("output", output, plan.out_shape),
+            ("grad_out", grad_out, plan.in_shape), ("indices_out", indices_out, plan.out_shape)) if key == "input" or p is not None},
         memory_limit=limit,
         memory_estimate=plan.slab_bytes,
         spacing_in=None if meta.spacing is None else tuple(float(v) for v in meta.spacing),
