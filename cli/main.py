@@ -126,7 +126,7 @@ class LucidGroup(click.Group):
 
 def error_object(message: str, code: int, typed: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` form of an error: the message, the exit code and the files as typed."""
-    given = typed.get("input", typed.get("file"))
+    given = typed.get("input", typed.get("files"))
     if isinstance(given, (list, tuple)):  # ``lucid info`` takes several files
         given = given[0] if len(given) == 1 else list(given)
     return {"error": message, "exit_code": code, "input": given, "output": typed.get("output")}
@@ -297,7 +297,6 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
     _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
     ctx.meta["lucid.input"] = input
-    ctx.meta["lucid.json"] = as_json
 
     with progress_bar(wanted(quiet) and not dry_run) as progress:
         result = pool3d_file(
@@ -330,30 +329,67 @@ INFO_HELP = """Show what FILE holds: shape, dtype, axes, voxel size, affine and 
 NIfTI: scaling (scl_slope/scl_inter), qform/sform codes, header fields.
 HDF5: every dataset in the file, chunks, compression and attributes of the
 one that would be pooled (name it as file.h5:/PATH or with --dataset).
+Several files: one line each (one JSON object per line with --json), as
+nib-ls does; a file that fails prints its error and the others still print
+(exit 1 if any failed).
 
 \b
 Examples:
   lucid info sample_data/ct_phantom.nii.gz
   lucid info sample_data/video_clip.h5:/frames
   lucid info sample_data/volume_5d.h5 --json | python -m json.tool
+  lucid info sample_data/*.nii.gz sample_data/*.h5
 """
 
 
 @main.command("info", help=INFO_HELP, no_args_is_help=True)
-@click.argument("file", type=opt.VOLUME)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=opt.ANY_PATH)
 @click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
 @click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (one per line for several files).")
 @click.pass_context
-def info(ctx: click.Context, file: str, dataset: str | None, axes: str | None, as_json: bool) -> None:
+def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, as_json: bool) -> int:
+    if len(files) > 1:
+        return _info_many(ctx, files, dataset, axes, as_json)
+    file = opt.VOLUME.convert(files[0], ctx.command.params[0], ctx)  # one file: a bad suffix is a usage error
     _check_dataset(file, dataset, "--dataset")
     ctx.meta["lucid.input"] = file
-    ctx.meta["lucid.json"] = as_json
     found = describe(file, dataset=dataset, axes=axes)
     if as_json:
         _print_json(found)
     else:
         _echo_lines(report.info_lines(found), err=False)
+    return 0
+
+
+def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None,
+               as_json: bool) -> int:
+    """One line (or JSON object) per file; each failure is its own ``Error:`` line."""
+    rows: list[list[str]] = []
+    failed = 0
+    for file in files:
+        try:
+            _check_dataset(file, dataset, "--dataset")
+            found = describe(file, dataset=dataset, axes=axes)
+        except (Exception, click.UsageError) as exc:
+            if isinstance(exc, click.UsageError):
+                message = _one_line(exc.format_message())
+            else:
+                message, _code = _describe_error(exc, file)
+                if ctx.meta.get("lucid.debug"):
+                    traceback.print_exc()
+            failed += 1
+            click.echo(f"Error: {message}", err=True)
+            if as_json:
+                _print_json(error_object(message, EXIT_FAILURE, {"input": file}))
+            continue
+        if as_json:
+            _print_json(found)
+        else:
+            rows.append(report.info_row(found))
+    if rows:
+        _echo_lines(report.columns(rows), err=False)
+    return EXIT_FAILURE if failed else 0
 
 
 if __name__ == "__main__":  # python -m lucid_cli.main

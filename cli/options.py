@@ -59,6 +59,7 @@ class VolumePath(click.Path):
 
 
 VOLUME = VolumePath()
+ANY_PATH = click.Path(dir_okay=True, readable=False, path_type=str)  # completes as a file; checked per file later
 
 
 def volume_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -167,6 +167,26 @@ def info_lines(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def info_row(d: dict[str, Any]) -> list[str]:
+    """One ``lucid info`` line for many files (as nib-ls): name, format, shape, dtype, axes, voxel size."""
+    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    v = d["volume"]
+    if v is None:
+        return [d["path"], fmt, d["note"] or "no volume"]
+    if d["format"] == "nifti":
+        fmt += f"-{v['nifti_version']}"
+    return [v["name"], fmt, shape(v["shape"]), v["dtype"], v["axes"], sizes(v["spacing"], v["spacing_unit"])]
+
+
+def columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned text columns (the last cell of each row is not padded)."""
+    widths: dict[int, int] = {}
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(cell))
+    return ["  ".join([cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + row[-1:]) for row in rows]
+
+
 def _nifti_lines(v: dict[str, Any]) -> list[str]:
     out = [
         line("datatype", v["datatype"]),

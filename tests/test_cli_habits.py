@@ -231,3 +231,38 @@ def test_hdf5_to_nifti_summary_prints_each_file_in_its_own_order(tmp_path):
     plan = lucid_cmd("pool3d", VOL5, tmp_path / "w.nii", "--dry-run", "--json").stdout
     shapes = json.loads(plan)["file_shapes"]
     assert shapes == {"input": [2, 3, 32, 32, 32], "output": [16, 16, 16, 3, 2]}
+
+
+# ---------------------------------------------------------------- #12.11 lucid info on many files
+
+
+def test_info_on_many_files_prints_one_line_each_and_goes_on_after_a_failure(tmp_path):
+    bad = tmp_path / "broken.nii"
+    bad.write_bytes(b"not a nifti header")
+    result = lucid_cmd("info", CT, VIDEO, bad, MRI, tmp_path / "notes.txt")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[:4] == [str(CT), "NIfTI-1", "64x64x48", "int16"]
+    assert lines[1].split()[:5] == [f"{VIDEO}:/frames", "HDF5", "32x64x64x3", "uint8", "thwc"]
+    assert lines[2].split()[:5] == [str(MRI), "NIfTI-1", "32x32x24x5", "float32", "xyzt"]
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("Error: ") for e in errors)
+    assert str(bad) in errors[0] and "notes.txt: unsupported file type" in errors[1]
+
+
+def test_info_on_many_files_with_json_prints_one_object_per_line(tmp_path):
+    result = lucid_cmd("info", CT, VOL5, tmp_path / "nope.h5", "--json")
+    assert result.exit_code == 1
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o.get("path") for o in objects[:2]] == [str(CT), str(VOL5)]
+    assert objects[1]["volume"]["shape"] == [2, 3, 32, 32, 32]
+    assert objects[2] == {"error": f"{tmp_path / 'nope.h5'}: no such file", "exit_code": 1,
+                          "input": str(tmp_path / "nope.h5"), "output": None}
+    assert lucid_cmd("info", CT, MRI).exit_code == 0  # all fine: exit 0
+
+
+def test_info_on_one_file_is_unchanged():
+    result = lucid_cmd("info", CT)
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("file ")
+    assert "unsupported file type" in error_line(lucid_cmd("info", "x.txt"), 2)  # one file: a usage error
