@@ -10,14 +10,19 @@ import numpy as np
 
 from lucid.io import LucidIOError, detect_format
 from lucid.io.layout import parse_layout
+from lucid.io.atomic import human_bytes
 from lucid.stream.plan import parse_size
 
 _SEPARATORS = re.compile(r"[,x]")
 _COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
 
 
+MAX_AXIS_VALUE = 2**31 - 1  # larger windows, strides or paddings fit no real axis and overflow file attributes
+MIN_MEMORY_LIMIT = 1 << 20  # below this nothing useful fits; Python and the libraries alone take ~55 MiB
+
+
 def per_axis(minimum: int):
-    """Callback for ``-k 2``, ``-k 2,2,1`` or ``-k 2x2x1``: an int or a 3-tuple, each >= ``minimum``."""
+    """Callback for ``-k 2``, ``-k 2,2,1`` or ``-k 2x2x1``: an int or a 3-tuple, each in [minimum, MAX_AXIS_VALUE]."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str | None):
         if value is None:
@@ -32,6 +37,8 @@ def per_axis(minimum: int):
         numbers = [int(p) for p in parts]
         if min(numbers) < minimum:
             raise click.BadParameter(f"{value!r}: every value must be >= {minimum}")
+        if max(numbers) > MAX_AXIS_VALUE:
+            raise click.BadParameter(f"{value!r}: every value must be <= {MAX_AXIS_VALUE}")
         return numbers[0] if len(numbers) == 1 else tuple(numbers)
 
     return callback
@@ -71,9 +78,12 @@ def memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if size < MIN_MEMORY_LIMIT:
+        raise click.BadParameter(f"{value!r} is {human_bytes(size)}; the minimum is 1M")
+    return size
 
 
 def dtype_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

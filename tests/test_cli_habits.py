@@ -266,3 +266,66 @@ def test_info_on_one_file_is_unchanged():
     result = lucid_cmd("info", CT)
     assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("file ")
     assert "unsupported file type" in error_line(lucid_cmd("info", "x.txt"), 2)  # one file: a usage error
+
+
+# ---------------------------------------------------------------- #13.9 bounds on every numeric option
+
+
+@pytest.mark.parametrize("flag", ["-k", "-s", "-p", "--dilation"])
+@pytest.mark.parametrize("value", ["999999999999999999999999999999", "2147483648", "1,1,2147483648"])
+def test_huge_per_axis_values_are_usage_errors_naming_the_option(tmp_path, flag, value):
+    line = error_line(lucid_cmd("pool3d", VOL5, tmp_path / "o.h5", flag, value), 2)  # HDF5: once exit 1, C long
+    assert f"'{flag}'" in line and "<= 2147483647" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_largest_stride_still_runs(tmp_path):
+    result = lucid_cmd("pool3d", VOL5, tmp_path / "o.h5", "-s", "2147483647")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["data"].shape == (2, 3, 1, 1, 1) and list(f["data"].attrs["lucid_stride"]) == [2147483647] * 3
+
+
+@pytest.mark.parametrize("text, shown", [("1", "1 byte"), ("1000", "1000 bytes"), ("1023K", "1023.0 KiB")])
+def test_memory_limit_below_the_minimum_is_refused_naming_it(tmp_path, text, shown):
+    line = error_line(lucid_cmd("pool3d", CT, tmp_path / "o.nii", "--memory-limit", text), 2)
+    assert "'--memory-limit'" in line and shown in line and "minimum is 1M" in line and "0.0 KiB" not in line
+    assert lucid_cmd("pool3d", CT, tmp_path / "o.nii", "--memory-limit", "1M").exit_code == 0
+
+
+def test_library_memory_errors_format_small_and_huge_sizes(tmp_path):
+    with pytest.raises(ValueError, match=r"memory limit 1 byte is too small .* need at least 54\.0 KiB"):
+        pool3d_file(CT, tmp_path / "o.nii", 2, memory_limit=1)
+    with pytest.raises(ValueError, match=r"need at least [0-9.]+ EiB"):
+        pool3d_file(VOL5, tmp_path / "o.h5", 2, padding=2**31 - 1, dry_run=True)
+
+
+def test_memory_limit_above_the_machine_is_a_warning(tmp_path):
+    from lucid.stream.resources import machine_memory
+
+    total = machine_memory()
+    assert total and total > 1 << 20
+    result = lucid_cmd("pool3d", CT, tmp_path / "o.nii", "--memory-limit", str(2 * total))
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warning) == 1 and "more than this machine's" in warning[0]
+    quiet = lucid_cmd("pool3d", CT, tmp_path / "p.nii", "--memory-limit", str(total // 2))
+    assert "Warning" not in quiet.stderr
+
+
+def test_threads_above_the_cpus_are_clamped_with_a_warning(tmp_path, monkeypatch):
+    from lucid.stream import engine, resources
+
+    seen = []
+    run = engine.run
+    monkeypatch.setattr(engine, "run", lambda *a, **kw: seen.append(kw["threads"]) or run(*a, **kw))
+    cpus = resources.usable_cpus()
+    result = lucid_cmd("pool3d", CT, tmp_path / "o.nii", "-j", "1000000000")
+    assert result.exit_code == 0, result.stderr
+    assert f"Warning: threads 1000000000 is more than the {cpus} CPUs this process may use; using {cpus}" in result.stderr
+    assert seen == [cpus]
+    report = pool3d_file(CT, tmp_path / "p.nii", 2, threads=cpus)
+    assert report.warnings == [] and seen[-1] == cpus
+    huge = lucid_cmd("pool3d", CT, tmp_path / "q.nii", "-j", "99999999999999999999999999999")
+    assert huge.exit_code == 0 and "using" in huge.stderr
+    assert "'-j' / '--threads'" in error_line(lucid_cmd("pool3d", CT, tmp_path / "r.nii", "-j", "0"), 2)

@@ -19,7 +19,7 @@ from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
-from lucid.stream import engine
+from lucid.stream import engine, resources
 from lucid.stream.plan import Plan, parse_size, plan_slabs
 
 DEFAULT_MEMORY_LIMIT = "512M"
@@ -103,11 +103,15 @@ def pool3d_file(
     ``grad_out`` the backward pass writes the gradient map on the input grid,
     routing ``grad_in`` (a file on the output grid; ones when omitted).
     Outputs appear only when everything succeeded; inputs are only read.
+    ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
+    above the machine's memory is kept, each with a line in ``report.warnings``.
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
     (and removes them again if the run fails).
     """
     spec = pool_spec(input, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     limit = parse_size(memory_limit)
+    threads, threads_warning = resources.check_threads(threads)
+    machine_warnings = [w for w in (threads_warning, resources.memory_warning(limit)) if w]
     if output is None and grad_out is None and indices_out is None and not dry_run:
         raise ValueError("nothing to write: give an output, grad_out or indices_out")
     if grad_in is not None and grad_out is None:
@@ -165,6 +169,7 @@ def pool3d_file(
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
+        report.warnings += machine_warnings
         protect = [g.path for g in opened if getattr(g, "path", None)]
         if dry_run:
             report.dry_run = True
