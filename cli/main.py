@@ -72,18 +72,22 @@ class LucidGroup(click.Group):
             exc.show()  # the help text, as click does
             return exc.exit_code
         except click.ClickException as exc:  # usage errors (parsed before any command runs) and failures
-            message = _one_line(exc.format_message())
-            click.echo(f"Error: {message}", err=True)
-            typed = self.typed_options(argv)
-            if typed.get("as_json"):
-                _print_json(error_object(message, exc.exit_code, typed))
-            return exc.exit_code
+            return self._error(_one_line(exc.format_message()), exc.exit_code, argv)
         except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
-            click.echo("Error: interrupted", err=True)
-            return EXIT_INTERRUPT
+            return self._error("interrupted", EXIT_INTERRUPT, argv)
         except Terminated:
-            click.echo("Error: terminated", err=True)
-            return EXIT_TERM
+            return self._error("terminated", EXIT_TERM, argv)
+
+    def _error(self, message: str, code: int, argv: list[str]) -> int:
+        """The ``Error:`` line, and with ``--json`` on the command line the error object on stdout."""
+        click.echo(f"Error: {message}", err=True)
+        typed = self.typed_options(argv)
+        if typed.get("as_json"):
+            try:
+                _print_json(error_object(message, code, typed))
+            except BrokenPipeError:  # nobody reads stdout any more
+                _silence_stdout()
+        return code
 
     def typed_options(self, argv: list[str]) -> dict[str, Any]:
         """The subcommand's options and arguments as typed, unchecked (``{}`` without a subcommand).
@@ -275,8 +279,9 @@ Examples:
 @click.option("--indices-out", metavar="FILE", type=opt.VOLUME,
               help="Write argmax flat indices (int64, PyTorch convention).")
 @click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
-              help="Memory for slab buffers: bytes or K/M/G.")
-@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
+              help="Memory for slab buffers: bytes or K/M/G/T, at least 1M.")
+@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N",
+              help="Compute threads, at most the CPUs this process may use [default: all cores].")
 @click.option("-f", "--force", is_flag=True, help="Replace existing output files.")
 @click.option("--mkdir", "make_dirs", is_flag=True,
               help="Create missing output directories, as mkdir -p does (removed again if the run fails).")

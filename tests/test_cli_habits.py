@@ -329,3 +329,21 @@ def test_threads_above_the_cpus_are_clamped_with_a_warning(tmp_path, monkeypatch
     huge = lucid_cmd("pool3d", CT, tmp_path / "q.nii", "-j", "99999999999999999999999999999")
     assert huge.exit_code == 0 and "using" in huge.stderr
     assert "'-j' / '--threads'" in error_line(lucid_cmd("pool3d", CT, tmp_path / "r.nii", "-j", "0"), 2)
+
+
+@pytest.mark.parametrize("signum, code, word", [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_json_error_object_for_interrupts_too(tmp_path, monkeypatch, signum, code, word):
+    from contextlib import contextmanager
+
+    from lucid_cli import main as cli_main
+
+    @contextmanager
+    def progress_bar(enabled, description="pooling"):
+        yield lambda done, total, nbytes: os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(cli_main, "progress_bar", progress_bar)
+    out = tmp_path / "o.h5"
+    result = lucid_cmd("pool3d", VOL5, out, "--memory-limit", "1M", "--json")
+    assert error_line(result, code) == f"Error: {word}"
+    assert json.loads(result.stdout) == {"error": word, "exit_code": code, "input": str(VOL5), "output": str(out)}
+    assert list(tmp_path.iterdir()) == []
