@@ -20,6 +20,7 @@ import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import file_identity
+from lucid.stream import resources
 from lucid.stream.api import pool3d_file, pool_spec
 
 from . import options as opt
@@ -302,6 +303,9 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
     _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
     ctx.meta["lucid.input"] = input
+    early = _machine_warnings(threads, memory_limit)  # said now, not after a long run
+    for text in early:
+        click.echo(f"Warning: {text}", err=True)
 
     with progress_bar(wanted(quiet) and not dry_run) as progress:
         result = pool3d_file(
@@ -319,7 +323,8 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             f"{example}); use --padding-mode ignore to pool real voxels only"
         )
     for text in warnings:
-        click.echo(f"Warning: {text}", err=True)
+        if text not in early:
+            click.echo(f"Warning: {text}", err=True)
     data = result.to_dict()
     if as_json:
         _print_json({**data, "lucid_version": lucid.__version__, "warnings": warnings})
@@ -327,6 +332,11 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         _echo_lines(report.plan_lines(data) + ["dry run: nothing written"], err=False)
     elif not quiet:
         _echo_lines(report.summary_lines(data), err=True)
+
+
+def _machine_warnings(threads: int | None, memory_limit: int) -> list[str]:
+    """What ``pool3d_file`` will warn about the machine (too many threads, a limit above its memory)."""
+    return [w for w in (resources.check_threads(threads)[1], resources.memory_warning(memory_limit)) if w]
 
 
 INFO_HELP = """Show what FILE holds: shape, dtype, axes, voxel size, affine and more.

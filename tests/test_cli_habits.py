@@ -324,6 +324,8 @@ def test_threads_above_the_cpus_are_clamped_with_a_warning(tmp_path, monkeypatch
     assert result.exit_code == 0, result.stderr
     assert f"Warning: threads 1000000000 is more than the {cpus} CPUs this process may use; using {cpus}" in result.stderr
     assert seen == [cpus]
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Warning: threads") and sum(line.startswith("Warning") for line in lines) == 1  # once, first
     report = pool3d_file(CT, tmp_path / "p.nii", 2, threads=cpus)
     assert report.warnings == [] and seen[-1] == cpus
     huge = lucid_cmd("pool3d", CT, tmp_path / "q.nii", "-j", "99999999999999999999999999999")
@@ -346,4 +348,12 @@ def test_json_error_object_for_interrupts_too(tmp_path, monkeypatch, signum, cod
     result = lucid_cmd("pool3d", VOL5, out, "--memory-limit", "1M", "--json")
     assert error_line(result, code) == f"Error: {word}"
     assert json.loads(result.stdout) == {"error": word, "exit_code": code, "input": str(VOL5), "output": str(out)}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_library_refuses_huge_values_naming_the_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"stride must be <= 2147483647, got 10{30}"):
+        pool3d_file(VOL5, tmp_path / "o.h5", 2, stride=10**30)
+    with pytest.raises(ValueError, match=r"padding must be <= 2147483647"):
+        pool3d_file(VOL5, tmp_path / "o.h5", 2, padding=(0, 0, 2**31), dry_run=True)
     assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from lucid.stream import engine, resources
 from lucid.stream.plan import Plan, parse_size, plan_slabs
 
 DEFAULT_MEMORY_LIMIT = "512M"
+MAX_AXIS_VALUE = 2**31 - 1  # a larger kernel, stride, padding or dilation fits no file axis and overflows attributes
 
 
 @dataclass
@@ -245,7 +246,7 @@ def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mod
     (``axis 0 (x)``), not depth/height/width, when the input can be opened."""
     stride = kernel_size if stride is None else stride
     try:
-        return PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
+        spec = PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
     except ValueError as plain:
         try:
             with open_source(input, dataset=dataset, axes=axes) as source:
@@ -253,9 +254,14 @@ def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mod
         except Exception:  # an input that cannot be opened: the plain message
             raise plain from None
         try:
-            return PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode, names=names)
+            spec = PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode, names=names)
         except ValueError as exc:
             raise ValueError(f"{shown}: {exc}") from None
+    for name, values in (("kernel_size", spec.kernel), ("stride", spec.stride), ("padding", spec.padding),
+                         ("dilation", spec.dilation)):
+        if max(values) > MAX_AXIS_VALUE:
+            raise ValueError(f"{name} must be <= {MAX_AXIS_VALUE}, got {max(values)}")
+    return spec
 
 
 def padding_rule(source: Source, padding_mode: str):
