@@ -328,6 +328,8 @@ def test_threads_above_the_cpus_are_clamped_with_a_warning(tmp_path, monkeypatch
     assert lines[0].startswith("Warning: threads") and sum(line.startswith("Warning") for line in lines) == 1  # once, first
     report = pool3d_file(CT, tmp_path / "p.nii", 2, threads=cpus)
     assert report.warnings == [] and seen[-1] == cpus
+    failed = lucid_cmd("pool3d", CT, tmp_path / "f.nii", "-j", "1000000000", "-k", "100")  # said before the run
+    assert failed.exit_code == 1 and failed.stderr.splitlines()[0].startswith("Warning: threads 1000000000")
     huge = lucid_cmd("pool3d", CT, tmp_path / "q.nii", "-j", "99999999999999999999999999999")
     assert huge.exit_code == 0 and "using" in huge.stderr
     assert "'-j' / '--threads'" in error_line(lucid_cmd("pool3d", CT, tmp_path / "r.nii", "-j", "0"), 2)
