@@ -145,6 +145,10 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
         return "terminated", EXIT_TERM
     if isinstance(exc, LucidIOError):  # names its file already
         return _one_line(str(exc)), EXIT_FAILURE
+    if isinstance(exc, MemoryError):  # numpy names the allocation; the user needs the file and the way out
+        detail = f" ({exc})" if str(exc) else ""
+        return _one_line(f"{input_name or 'lucid'}: out of memory{detail}; "
+                         "try a smaller kernel, padding or --memory-limit"), EXIT_FAILURE
     if isinstance(exc, OSError):
         where = exc.filename or input_name
         what = exc.strerror or str(exc)

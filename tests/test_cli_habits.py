@@ -359,3 +359,14 @@ def test_library_refuses_huge_values_naming_the_argument(tmp_path):
     with pytest.raises(ValueError, match=r"padding must be <= 2147483647"):
         pool3d_file(VOL5, tmp_path / "o.h5", 2, padding=(0, 0, 2**31), dry_run=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line_naming_the_file_not_an_internal_error(tmp_path, monkeypatch):
+    from lucid_cli import main as cli_main
+
+    def pool3d_file(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(cli_main, "pool3d_file", pool3d_file)
+    line = error_line(lucid_cmd("pool3d", CT, tmp_path / "o.nii"), 1)
+    assert line.startswith(f"Error: {CT}: out of memory") and "internal error" not in line
