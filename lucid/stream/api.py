@@ -177,9 +177,10 @@ def pool3d_file(
             for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
                 if isinstance(target, (str, os.PathLike)):
                     file = detect_format(target)[1]
-                    if make_dirs and dirs.missing_dirs(file):
+                    missing = dirs.missing_dirs(file) if make_dirs else []
+                    if missing:  # nothing to check in a directory the run will create
                         dirs.check_creatable(file)
-                        report.created_dirs += [str(d) for d in dirs.missing_dirs(file) if str(d) not in report.created_dirs]
+                        report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
                         continue
                     check_destination(file, force=True, protect=protect)
                     if not force and os.path.lexists(file):
@@ -306,6 +307,16 @@ def _axis_name(source: Source, axis: int) -> str:
     return f"axis {axis} ({source.layout.axes[axis]})"
 
 
+def _file_shapes(source, plan: Plan, **outputs) -> dict[str, tuple[int, ...]]:
+    """The input's and each output's shape in that file's own axis order (a NIfTI output is x, y, z first)."""
+    shapes = {"input": tuple(plan.in_shape)}
+    for key, path in outputs.items():
+        if path is not None:
+            grid = plan.in_shape if key == "grad_out" else plan.out_shape  # the gradient is on the input grid
+            shapes[key] = stored_shape(path, grid, source)
+    return shapes
+
+
 def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out,
             indices_out, out_dataset) -> PoolReport:
     meta = source.meta
@@ -344,9 +355,7 @@ def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, in
         slabs=plan.job_count,
         slabs_along_axis=len(plan.slabs),
         outer_axes={source.layout.axes[a]: int(plan.in_shape[a]) for a in plan.outer},
-        file_shapes={key: stored_shape(p, shape, source) for key, p, shape in (
-            ("input", None, plan.in_shape), ("output", output, plan.out_shape),
-            ("grad_out", grad_out, plan.in_shape), ("indices_out", indices_out, plan.out_shape)) if key == "input" or p is not None},
+        file_shapes=_file_shapes(source, plan, output=output, grad_out=grad_out, indices_out=indices_out),
         memory_limit=limit,
         memory_estimate=plan.slab_bytes,
         spacing_in=None if meta.spacing is None else tuple(float(v) for v in meta.spacing),
