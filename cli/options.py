@@ -9,15 +9,13 @@ import click
 import numpy as np
 
 from lucid.io import LucidIOError, detect_format
-from lucid.io.layout import parse_layout
 from lucid.io.atomic import human_bytes
+from lucid.io.layout import parse_layout
 from lucid.stream.api import MAX_AXIS_VALUE
 from lucid.stream.plan import parse_size
 
 _SEPARATORS = re.compile(r"[,x]")
 _COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
-
-
 MIN_MEMORY_LIMIT = 1 << 20  # below this nothing useful fits; Python and the libraries alone take ~55 MiB
 
 
