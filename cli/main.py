@@ -21,7 +21,8 @@ from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import check_destination, file_identity
 from lucid.kernels.windows import PoolSpec
-from lucid.stream.api import PaddingValueError, pool3d_file
+from lucid.stream import resources
+from lucid.stream.api import PaddingValueError, pool3d_file, pool_spec
 
 from . import options as opt
 from . import report
@@ -66,21 +67,51 @@ class LucidGroup(click.Group):
         return code
 
     def _run(self, args, prog_name, complete_var, **extra) -> int:
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            rv = super().main(args, prog_name or "lucid", complete_var, standalone_mode=False, **extra)
+            rv = super().main(argv, prog_name or "lucid", complete_var, standalone_mode=False, **extra)
             return rv if isinstance(rv, int) else 0
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()  # the help text, as click does
             return exc.exit_code
-        except click.ClickException as exc:
-            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
-            return exc.exit_code
+        except click.ClickException as exc:  # usage errors (parsed before any command runs) and failures
+            return self._error(_one_line(exc.format_message()), exc.exit_code, argv)
         except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
-            click.echo("Error: interrupted", err=True)
-            return EXIT_INTERRUPT
+            return self._error("interrupted", EXIT_INTERRUPT, argv)
         except Terminated:
-            click.echo("Error: terminated", err=True)
-            return EXIT_TERM
+            return self._error("terminated", EXIT_TERM, argv)
+
+    def _error(self, message: str, code: int, argv: list[str]) -> int:
+        """The ``Error:`` line, and with ``--json`` on the command line the error object on stdout."""
+        click.echo(f"Error: {message}", err=True)
+        typed = self.typed_options(argv)
+        if typed.get("as_json"):
+            try:
+                _print_json(error_object(message, code, typed))
+            except BrokenPipeError:  # nobody reads stdout any more
+                _silence_stdout()
+        return code
+
+    def typed_options(self, argv: list[str]) -> dict[str, Any]:
+        """The subcommand's options and arguments as typed, unchecked (``{}`` without a subcommand).
+
+        Usage errors stop click before any callback ran, so whether ``--json``
+        was given, and the files named, are read here from the raw words."""
+        words = [w for w in argv if w != "--debug"]
+        command = self.get_command(click.Context(self), words[0]) if words else None
+        if command is None:
+            return {}
+        rest = words[1:]
+        for _ in range(len(rest) + 1):  # drop unknown options one by one
+            try:
+                parser = command.make_parser(click.Context(command, info_name=words[0]))
+                typed = parser.parse_args(list(rest))[0]
+                return {k: v for k, v in typed.items() if isinstance(v, (str, bool, list, tuple))}
+            except click.NoSuchOption as exc:
+                rest = [w for w in rest if w.split("=", 1)[0] != exc.option_name]
+            except click.ClickException:  # e.g. ``-k`` without its value: at least honour --json
+                break
+        return {"as_json": "--json" in rest[: rest.index("--")] if "--" in rest else "--json" in rest}
 
     def invoke(self, ctx: click.Context):
         try:
@@ -97,9 +128,15 @@ class LucidGroup(click.Group):
             message, code = _describe_error(exc, ctx.meta.get("lucid.input"))
             if ctx.meta.get("lucid.debug"):
                 traceback.print_exc()
-            if ctx.meta.get("lucid.json"):
-                _print_json({"error": message, "exit_code": code})
             raise Failure(message, code) from None
+
+
+def error_object(message: str, code: int, typed: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` form of an error: the message, the exit code and the files as typed."""
+    given = typed.get("input", typed.get("files"))
+    if isinstance(given, (list, tuple)):  # ``lucid info`` takes several files
+        given = given[0] if len(given) == 1 else list(given)
+    return {"error": message, "exit_code": code, "input": given, "output": typed.get("output")}
 
 
 def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, int]:
@@ -112,6 +149,10 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
         return _one_line(f"{exc.problem}; use --padding-mode ignore or no padding"), EXIT_FAILURE
     if isinstance(exc, LucidIOError):  # names its file already
         return _one_line(str(exc)), EXIT_FAILURE
+    if isinstance(exc, MemoryError):  # numpy names the allocation; the user needs the file and the way out
+        detail = f" ({exc})" if str(exc) else ""
+        return _one_line(f"{input_name or 'lucid'}: out of memory{detail}; "
+                         "try a smaller kernel, padding or --memory-limit"), EXIT_FAILURE
     if isinstance(exc, OSError):
         where = exc.filename or input_name
         what = exc.strerror or str(exc)
@@ -164,9 +205,10 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) 
         seen[key] = f"{label} {path}"
 
 
-def _check_spec(kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str) -> None:
+def _check_spec(input: str, kernel, stride, padding, dilation, ceil_mode: bool, padding_mode: str,
+                dataset: str | None, axes: str | None) -> None:
     try:
-        PoolSpec.create(kernel, kernel if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+        pool_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     except (TypeError, ValueError) as exc:
         raise click.UsageError(_one_line(str(exc))) from None
 
@@ -218,8 +260,8 @@ Examples:
 
 
 @main.command("pool3d", help=POOL3D_HELP, no_args_is_help=True)
-@click.argument("input", callback=opt.volume_path)
-@click.argument("output", callback=opt.volume_path)
+@click.argument("input", type=opt.VOLUME)
+@click.argument("output", type=opt.VOLUME)
 @click.option("-k", "--kernel", default="2", show_default=True, metavar="K", callback=opt.per_axis(1),
               help="Window size: one integer or three (2,2,1 or 2x2x1).")
 @click.option("-s", "--stride", metavar="S", callback=opt.per_axis(1), help="Step between windows [default: kernel].")
@@ -239,16 +281,19 @@ Examples:
               help="HDF5: gzip, gzip:N (level 0-9), lzf or none; .nii.gz is always gzip (level N if given).")
 @click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
               help="Output dtype, e.g. float32 [default: the input's].")
-@click.option("--grad-out", metavar="FILE", callback=opt.volume_path,
+@click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
               help="Write the gradient map on the input grid (float32).")
-@click.option("--grad-in", metavar="FILE", callback=opt.volume_path,
+@click.option("--grad-in", metavar="FILE", type=opt.VOLUME,
               help="Upstream gradient on the output grid [default: ones, i.e. a count of selections].")
-@click.option("--indices-out", metavar="FILE", callback=opt.volume_path,
+@click.option("--indices-out", metavar="FILE", type=opt.VOLUME,
               help="Write argmax flat indices (int64, PyTorch convention).")
 @click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
-              help="Memory for slab buffers: bytes or K/M/G.")
-@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
+              help="Memory for slab buffers: bytes or K/M/G/T, at least 1M.")
+@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N",
+              help="Compute threads, at most the CPUs this process may use [default: all cores].")
 @click.option("-f", "--force", is_flag=True, help="Replace existing output files.")
+@click.option("--mkdir", "make_dirs", is_flag=True,
+              help="Create missing output directories, as mkdir -p does (removed again if the run fails).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (shapes, geometry, slabs, memory); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
@@ -258,17 +303,19 @@ Examples:
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
            out_dtype: str | None, grad_out: str | None, grad_in: str | None, indices_out: str | None,
-           memory_limit: int, threads: int | None, force: bool, dry_run: bool, as_json: bool, quiet: bool,
-           preview: str | None) -> None:
+           memory_limit: int, threads: int | None, force: bool, make_dirs: bool, dry_run: bool, as_json: bool,
+           quiet: bool, preview: str | None) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
     _check_dataset(input, dataset, "--dataset")
     _check_dataset(output, out_dataset, "--out-dataset")
-    _check_spec(kernel, stride, padding, dilation, ceil_mode, padding_mode)
+    _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
     _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
     ctx.meta["lucid.input"] = input
-    ctx.meta["lucid.json"] = as_json
+    early = _machine_warnings(threads, memory_limit)  # said now, not after a long run
+    for text in early:
+        click.echo(f"Warning: {text}", err=True)
     if preview is not None:  # refused before the run, not after it
         check_destination(preview, force=force, protect=[detect_format(p)[1] for p in (input, grad_in) if p])
 
@@ -278,16 +325,18 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             dilation=dilation, ceil_mode=ceil_mode, padding_mode=padding_mode, axes=axes,
             dataset=dataset, out_dataset=out_dataset, grad_in=grad_in, grad_out=grad_out,
             indices_out=indices_out, out_dtype=out_dtype, compression=compression,
-            memory_limit=memory_limit, threads=threads, force=force, progress=STOP.guard(progress), dry_run=dry_run,
+            memory_limit=memory_limit, threads=threads, force=force, make_dirs=make_dirs, progress=STOP.guard(progress), dry_run=dry_run,
         )
     warnings = list(result.warnings)  # a dry run lists outputs that exist
     if result.padding_won and result.padding_mode == "zeros":
+        example = ", e.g. CT air at -1000 HU" if detect_format(input)[0] == "nifti" else ""
         warnings.append(
-            f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there, "
-            "e.g. CT air at -1000 HU); use --padding-mode ignore to pool real voxels only"
+            f"zero padding won the maximum at the border of {result.input} (the data has values below 0 there"
+            f"{example}); use --padding-mode ignore to pool real voxels only"
         )
     for text in warnings:
-        click.echo(f"Warning: {text}", err=True)
+        if text not in early:
+            click.echo(f"Warning: {text}", err=True)
     if preview is not None and not dry_run:
         from lucid.preview import render_run, save
 
@@ -305,35 +354,77 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         _echo_lines(report.summary_lines(data), err=True)
 
 
+def _machine_warnings(threads: int | None, memory_limit: int) -> list[str]:
+    """What ``pool3d_file`` will warn about the machine (too many threads, a limit above its memory)."""
+    return [w for w in (resources.check_threads(threads)[1], resources.memory_warning(memory_limit)) if w]
+
+
 INFO_HELP = """Show what FILE holds: shape, dtype, axes, voxel size, affine and more.
 
 NIfTI: scaling (scl_slope/scl_inter), qform/sform codes, header fields.
 HDF5: every dataset in the file, chunks, compression and attributes of the
 one that would be pooled (name it as file.h5:/PATH or with --dataset).
+Several files: one line each (one JSON object per line with --json), as
+nib-ls does; a file that fails prints its error and the others still print
+(exit 1 if any failed).
 
 \b
 Examples:
   lucid info sample_data/ct_phantom.nii.gz
   lucid info sample_data/video_clip.h5:/frames
   lucid info sample_data/volume_5d.h5 --json | python -m json.tool
+  lucid info sample_data/*.nii.gz sample_data/*.h5
 """
 
 
 @main.command("info", help=INFO_HELP, no_args_is_help=True)
-@click.argument("file", callback=opt.volume_path)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=opt.ANY_PATH)
 @click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
 @click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (one per line for several files).")
 @click.pass_context
-def info(ctx: click.Context, file: str, dataset: str | None, axes: str | None, as_json: bool) -> None:
+def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, as_json: bool) -> int:
+    if len(files) > 1:
+        return _info_many(ctx, files, dataset, axes, as_json)
+    file = opt.VOLUME.convert(files[0], ctx.command.params[0], ctx)  # one file: a bad suffix is a usage error
     _check_dataset(file, dataset, "--dataset")
     ctx.meta["lucid.input"] = file
-    ctx.meta["lucid.json"] = as_json
     found = describe(file, dataset=dataset, axes=axes)
     if as_json:
         _print_json(found)
     else:
         _echo_lines(report.info_lines(found), err=False)
+    return 0
+
+
+def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None,
+               as_json: bool) -> int:
+    """One line (or JSON object) per file; each failure is its own ``Error:`` line."""
+    rows: list[list[str]] = []
+    failed = 0
+    for file in files:
+        try:
+            _check_dataset(file, dataset, "--dataset")
+            found = describe(file, dataset=dataset, axes=axes)
+        except (Exception, click.UsageError) as exc:
+            if isinstance(exc, click.UsageError):
+                message = _one_line(exc.format_message())
+            else:
+                message, _code = _describe_error(exc, file)
+                if ctx.meta.get("lucid.debug"):
+                    traceback.print_exc()
+            failed += 1
+            click.echo(f"Error: {message}", err=True)
+            if as_json:
+                _print_json(error_object(message, EXIT_FAILURE, {"input": file}))
+            continue
+        if as_json:
+            _print_json(found)
+        else:
+            rows.append(report.info_row(found))
+    if rows:
+        _echo_lines(report.columns(rows), err=False)
+    return EXIT_FAILURE if failed else 0
 
 
 main.add_command(preview_command)

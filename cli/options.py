@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import click
 import numpy as np
 
 from lucid.io import LucidIOError, detect_format
+from lucid.io.atomic import human_bytes
 from lucid.io.layout import parse_layout
+from lucid.stream.api import MAX_AXIS_VALUE
 from lucid.stream.plan import parse_size
 
 _SEPARATORS = re.compile(r"[,x]")
 _COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
+MIN_MEMORY_LIMIT = 1 << 20  # below this nothing useful fits; Python and the libraries alone take ~55 MiB
 
 
 def per_axis(minimum: int):
-    """Callback for ``-k 2``, ``-k 2,2,1`` or ``-k 2x2x1``: an int or a 3-tuple, each >= ``minimum``."""
+    """Callback for ``-k 2``, ``-k 2,2,1`` or ``-k 2x2x1``: an int or a 3-tuple, each in [minimum, MAX_AXIS_VALUE]."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str | None):
         if value is None:
@@ -31,29 +35,53 @@ def per_axis(minimum: int):
         numbers = [int(p) for p in parts]
         if min(numbers) < minimum:
             raise click.BadParameter(f"{value!r}: every value must be >= {minimum}")
+        if max(numbers) > MAX_AXIS_VALUE:
+            raise click.BadParameter(f"{value!r}: every value must be <= {MAX_AXIS_VALUE}")
         return numbers[0] if len(numbers) == 1 else tuple(numbers)
 
     return callback
 
 
+class VolumePath(click.Path):
+    """A volume file: offered as a file by shell completion, need not exist, ``file.h5:/dataset`` allowed.
+
+    Only the suffix is checked here (bad: exit 2); existence, readability and
+    directories are the library's to report (exit 1), naming the file."""
+
+    name = "volume"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=True, readable=False, path_type=str)
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            value = os.fspath(value)
+        try:
+            detect_format(value)
+        except LucidIOError as exc:
+            self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+VOLUME = VolumePath()
+ANY_PATH = click.Path(dir_okay=True, readable=False, path_type=str)  # completes as a file; checked per file later
+
+
 def volume_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A path whose suffix names a supported format (``file.h5:/dataset`` allowed)."""
-    if value is None:
-        return None
-    try:
-        detect_format(value)
-    except LucidIOError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+    """Callback form of :class:`VolumePath` (the suffix check only)."""
+    return None if value is None else VOLUME.convert(value, param, ctx)
 
 
 def memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if size < MIN_MEMORY_LIMIT:
+        raise click.BadParameter(f"{value!r} is {human_bytes(size)}; the minimum is 1M")
+    return size
 
 
 def dtype_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

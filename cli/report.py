@@ -54,9 +54,24 @@ def _pooling(r: dict[str, Any]) -> str:
     return text + (f", padding mode {r['padding_mode']}" if padded else "")
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _slabs(r: dict[str, Any]) -> str:
-    n = r["slabs"]
-    return f"{n} slab{'s' if n != 1 else ''} along {r['slab_axis']}, {r['rows_per_slab']} output rows each"
+    """``1 slab along z, 24 output rows each``; with outer axes ``5 slabs (1 along z for each of 5 t), ...``."""
+    rows = plural(r["rows_per_slab"], "output row")
+    outer = r.get("outer_axes") or {}
+    if not outer:
+        return f"{plural(r['slabs'], 'slab')} along {r['slab_axis']}, {rows} each"
+    along = r.get("slabs_along_axis") or r["slabs"]
+    return (f"{plural(r['slabs'], 'slab')} ({along} along {r['slab_axis']} for each of "
+            f"{shape(outer.values())} {','.join(outer)}), {rows} each")
+
+
+def _shape_of(r: dict[str, Any], key: str, fallback: str) -> str:
+    """A file's shape in its own axis order (NIfTI written from HDF5 is x, y, z first)."""
+    return shape((r.get("file_shapes") or {}).get(key) or r[fallback])
 
 
 def plan_lines(r: dict[str, Any]) -> list[str]:
@@ -65,12 +80,13 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
         line("input", f"{r['input']}: {shape(r['in_shape'])} {r['dtype']}, axes {r['axes']}"),
     ]
     if r["output"]:
-        out.append(line("output", f"{r['output']}: {shape(r['out_shape'])} {r['out_dtype']}"))
+        out.append(line("output", f"{r['output']}: {_shape_of(r, 'output', 'out_shape')} {r['out_dtype']}"))
     if r["grad_out"]:
         upstream = r["grad_in"] or "ones (how many windows chose each voxel)"
-        out.append(line("gradient", f"{r['grad_out']}: {shape(r['in_shape'])} {r['grad_dtype']}, upstream {upstream}"))
+        out.append(line("gradient", f"{r['grad_out']}: {_shape_of(r, 'grad_out', 'in_shape')} {r['grad_dtype']}, "
+                                    f"upstream {upstream}"))
     if r["indices_out"]:
-        out.append(line("indices", f"{r['indices_out']}: {shape(r['out_shape'])} int64"))
+        out.append(line("indices", f"{r['indices_out']}: {_shape_of(r, 'indices_out', 'out_shape')} int64"))
     out.append(line("pooling", _pooling(r)))
     out.append(line("voxel size", f"{sizes(r['spacing_in'], r['spacing_unit'])} -> "
                                   f"{sizes(r['spacing_out'], r['spacing_unit'])}"))
@@ -82,6 +98,8 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
     if _is_hdf5(r["output"]) and r["spacing_out"] is not None and r["spacing_unit"] in UNIT_TO_UM:
         um = [v * UNIT_TO_UM[r["spacing_unit"]] for v in r["spacing_out"]]
         out.append(line("element size", " x ".join(number(v) for v in um) + " um (element_size_um)"))
+    if r.get("created_dirs"):
+        out.append(line("directories", f"would create {', '.join(r['created_dirs'])}"))
     out.append(line("slabs", _slabs(r)))
     out.append(line("memory", f"{human_bytes(r['memory_estimate'])} estimated, limit {human_bytes(r['memory_limit'])}"))
     return out
@@ -91,12 +109,14 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     """A short account of a finished run."""
     out = [f"{r['input']}: {shape(r['in_shape'])} {r['dtype']} (axes {r['axes']}), {_pooling(r)}"]
     if r["output"]:
-        out.append(f"  wrote {r['output']}: {shape(r['out_shape'])} {r['out_dtype']}")
+        out.append(f"  wrote {r['output']}: {_shape_of(r, 'output', 'out_shape')} {r['out_dtype']}")
     if r["grad_out"]:
-        out.append(f"  wrote {r['grad_out']}: gradient map {shape(r['in_shape'])} {r['grad_dtype']}"
+        out.append(f"  wrote {r['grad_out']}: gradient map {_shape_of(r, 'grad_out', 'in_shape')} {r['grad_dtype']}"
                    f" (upstream {r['grad_in'] or 'ones'})")
+    for directory in r.get("created_dirs") or []:
+        out.append(f"  created directory {directory}")
     if r["indices_out"]:
-        out.append(f"  wrote {r['indices_out']}: argmax indices {shape(r['out_shape'])} int64")
+        out.append(f"  wrote {r['indices_out']}: argmax indices {_shape_of(r, 'indices_out', 'out_shape')} int64")
     if r["spacing_in"] is not None:
         out.append(f"  voxel size {sizes(r['spacing_in'], r['spacing_unit'])} -> "
                    f"{sizes(r['spacing_out'], r['spacing_unit'])}")
@@ -145,6 +165,26 @@ def info_lines(d: dict[str, Any]) -> list[str]:
     if v["affine"] is not None:
         out += matrix("affine", v["affine"])
     return out
+
+
+def info_row(d: dict[str, Any]) -> list[str]:
+    """One ``lucid info`` line for many files (as nib-ls): name, format, shape, dtype, axes, voxel size."""
+    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    v = d["volume"]
+    if v is None:
+        return [d["path"], fmt, d["note"] or "no volume"]
+    if d["format"] == "nifti":
+        fmt += f"-{v['nifti_version']}"
+    return [v["name"], fmt, shape(v["shape"]), v["dtype"], v["axes"], sizes(v["spacing"], v["spacing_unit"])]
+
+
+def columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned text columns (the last cell of each row is not padded)."""
+    widths: dict[int, int] = {}
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(cell))
+    return ["  ".join([cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + row[-1:]) for row in rows]
 
 
 def _nifti_lines(v: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ __all__ = [
     "open_source",
     "open_sink",
     "sink_name",
+    "stored_shape",
     "detect_format",
     "Source",
     "Sink",
@@ -120,6 +121,14 @@ def sink_name(path, like: Source, dataset: str | None = None) -> str:
     from lucid.io.hdf5 import dataset_for
 
     return f"{file}:{dataset_for(dataset if dataset is not None else ds, like)}"
+
+
+def stored_shape(path, shape, like: Source) -> tuple[int, ...]:
+    """``shape`` (in ``like``'s axis order) as the file at ``path`` stores it: NIfTI reorders axes to x, y, z."""
+    shape = tuple(int(n) for n in shape)
+    if path is None or isinstance(path, np.ndarray) or detect_format(path)[0] != "nifti":
+        return shape
+    return tuple(shape[a] for a in nifti_axis_order(like.layout, like.order))
 
 
 def open_sink(

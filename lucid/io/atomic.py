@@ -55,11 +55,14 @@ def no_space_error(name: str, exc: BaseException | None = None) -> LucidIOError:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    """``1 byte``, ``1000 bytes``, ``1.0 KiB`` ... ``1.0 EiB``."""
+    if abs(n) < 1024:
+        return "1 byte" if n == 1 else f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+        if abs(n) < 1024 or unit == "EiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def file_identity(path: str | os.PathLike):
@@ -124,7 +127,7 @@ def check_destination(
     if path.name in ("", ".", ".."):
         raise LucidIOError(f"{display}: not a file name")
     if not directory.exists():
-        raise LucidIOError(f"{display}: output directory {shown_dir} does not exist")
+        raise LucidIOError(f"{display}: output directory {shown_dir} does not exist (create it, or pass --mkdir)")
     if not directory.is_dir():
         raise LucidIOError(f"{display}: {shown_dir} is not a directory")
     if os.path.lexists(path):

@@ -64,7 +64,8 @@ def parse_layout(axes: str | None, ndim: int, format: str) -> Layout:
     if unknown:
         raise LayoutError(
             f"axes {given!r}: unknown letter {', '.join(repr(u) for u in unknown)} "
-            f"(pooled: d h w / z y x / t; carried: n c t u v w)"
+            f"(always pooled: d h z y x; always carried: n c u v; t and w: pooled when needed "
+            f"to make three pooled axes, else carried)"
         )
     if len(axes) != ndim:
         raise LayoutError(f"axes {given!r} has {len(axes)} letters but the volume has {ndim} dimensions")

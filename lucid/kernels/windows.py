@@ -87,7 +87,9 @@ class PoolSpec:
     padding_mode: str = "zeros"
 
     @classmethod
-    def create(cls, kernel_size=1, stride=1, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros") -> "PoolSpec":
+    def create(cls, kernel_size=1, stride=1, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros",
+               names=AXIS_NAMES) -> "PoolSpec":
+        """Validate the parameters; ``names`` (one per pooled axis) word the errors, e.g. "axis 0 (x)"."""
         kernel = _triple(kernel_size, "kernel_size")
         stride_t = kernel if stride is None else _triple(stride, "stride")
         padding_t = _triple(padding, "padding")
@@ -103,7 +105,7 @@ class PoolSpec:
             for axis, (k, p) in enumerate(zip(kernel, padding_t)):
                 if p > k // 2:
                     raise ValueError(
-                        f"padding {p} exceeds half the kernel {k} along {AXIS_NAMES[axis]}: "
+                        f"padding {p} exceeds half the kernel {k} along {names[axis]}: "
                         "with padding_mode='ignore' a window could hold only padding"
                     )
         return cls(kernel, stride_t, padding_t, dilation_t, bool(ceil_mode), padding_mode)

@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
+from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
-from lucid.stream import engine
+from lucid.stream import engine, resources
 from lucid.stream.plan import Plan, parse_size, plan_slabs
 
 DEFAULT_MEMORY_LIMIT = "512M"
+MAX_AXIS_VALUE = 2**31 - 1  # a larger kernel, stride, padding or dilation fits no file axis and overflows attributes
 
 
 @dataclass
@@ -48,7 +49,7 @@ class PoolReport:
     padding_mode: str
     slab_axis: str
     rows_per_slab: int
-    slabs: int
+    slabs: int  # in all: slabs along slab_axis times the indices of the outer axes
     memory_limit: int
     memory_estimate: int
     spacing_in: tuple[float, ...] | None = None
@@ -59,6 +60,10 @@ class PoolReport:
     seconds: float = 0.0
     peak_memory_mib: float = 0.0
     padding_won: bool = False
+    slabs_along_axis: int = 0  # slabs along slab_axis, repeated for each index of the outer axes
+    outer_axes: dict[str, int] = field(default_factory=dict)  # carried axes walked one index at a time: size
+    file_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # each file's shape in its own axis order
+    created_dirs: list[str] = field(default_factory=list)  # made for the outputs (or, dry run, to be made)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +93,7 @@ def pool3d_file(
     memory_limit=DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
     force: bool = False,
+    make_dirs: bool = False,
     progress: engine.Progress | None = None,
     dry_run: bool = False,
 ) -> PoolReport:
@@ -98,9 +104,15 @@ def pool3d_file(
     ``grad_out`` the backward pass writes the gradient map on the input grid,
     routing ``grad_in`` (a file on the output grid; ones when omitted).
     Outputs appear only when everything succeeded; inputs are only read.
+    ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
+    above the machine's memory is kept, each with a line in ``report.warnings``.
+    ``make_dirs`` creates missing output directories as ``mkdir -p`` does
+    (and removes them again if the run fails).
     """
-    spec = PoolSpec.create(kernel_size, kernel_size if stride is None else stride, padding, dilation, ceil_mode, padding_mode)
+    spec = pool_spec(input, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     limit = parse_size(memory_limit)
+    threads, threads_warning = resources.check_threads(threads)
+    machine_warnings = [w for w in (threads_warning, resources.memory_warning(limit)) if w]
     if output is None and grad_out is None and indices_out is None and not dry_run:
         raise ValueError("nothing to write: give an output, grad_out or indices_out")
     if grad_in is not None and grad_out is None:
@@ -116,6 +128,7 @@ def pool3d_file(
 
     opened: list = []
     sinks: list = []
+    created: list = []
     try:
         source = open_source(input, dataset=dataset, axes=axes)
         opened.append(source)
@@ -157,6 +170,7 @@ def pool3d_file(
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
+        report.warnings += machine_warnings
         protect = [f for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
         if dry_run:
@@ -164,6 +178,11 @@ def pool3d_file(
             for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
                 if isinstance(target, (str, os.PathLike)):
                     file = detect_format(target)[1]
+                    missing = dirs.missing_dirs(file) if make_dirs else []
+                    if missing:  # nothing to check in a directory the run will create
+                        dirs.check_creatable(file)
+                        report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
+                        continue
                     check_destination(file, force=True, protect=protect)
                     if not force and os.path.lexists(file):
                         report.warnings.append(f"{file}: output exists; the run will refuse it without --force")
@@ -179,6 +198,10 @@ def pool3d_file(
             "padding_mode": spec.padding_mode,
             "source": source.name,
         }
+        if make_dirs:
+            created = dirs.make_dirs(detect_format(p)[1] for p in (output, grad_out, indices_out)
+                                     if isinstance(p, (str, os.PathLike)))
+            report.created_dirs = [str(d) for d in created]
         common = dict(like=source, compression=compression, force=force, slab_rows=plan.rows_per_slab,
                       provenance=provenance, protect=protect)
         out_sink = grad_sink = index_sink = None
@@ -206,6 +229,7 @@ def pool3d_file(
         for sink in sinks:
             sink.commit()
         sinks.clear()
+        created = []  # the outputs are in them now
         report.seconds = stats.seconds
         report.padding_won = stats.padding_won
         report.peak_memory_mib = peak_memory_mib()
@@ -213,6 +237,7 @@ def pool3d_file(
     finally:
         for sink in sinks:  # anything not committed: an error or an interrupt
             sink.abort()
+        dirs.remove_dirs(created)
         for src in opened:
             src.close()
 
@@ -223,6 +248,32 @@ class PaddingValueError(ValueError):
     def __init__(self, problem: str):
         self.problem = problem  # without the way out, which callers word in their own terms
         super().__init__(f"{problem}; use padding_mode='ignore' or no padding")
+
+
+
+
+def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros", *,
+              dataset: str | None = None, axes: str | None = None) -> PoolSpec:
+    """The validated parameters (``stride`` None: the kernel); errors name ``input``'s pooled axes
+    (``axis 0 (x)``), not depth/height/width, when the input can be opened."""
+    stride = kernel_size if stride is None else stride
+    try:
+        spec = PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
+    except ValueError as plain:
+        try:
+            with open_source(input, dataset=dataset, axes=axes) as source:
+                names, shown = [_axis_name(source, a) for a in source.layout.pooled], source.name
+        except Exception:  # an input that cannot be opened: the plain message
+            raise plain from None
+        try:
+            spec = PoolSpec.create(kernel_size, stride, padding, dilation, ceil_mode, padding_mode, names=names)
+        except ValueError as exc:
+            raise ValueError(f"{shown}: {exc}") from None
+    for name, values in (("kernel_size", spec.kernel), ("stride", spec.stride), ("padding", spec.padding),
+                         ("dilation", spec.dilation)):
+        if max(values) > MAX_AXIS_VALUE:
+            raise ValueError(f"{name} must be <= {MAX_AXIS_VALUE}, got {max(values)}")
+    return spec
 
 
 def padding_rule(source: Source, spec: PoolSpec):
@@ -268,6 +319,16 @@ def _axis_name(source: Source, axis: int) -> str:
     return f"axis {axis} ({source.layout.axes[axis]})"
 
 
+def _file_shapes(source, plan: Plan, **outputs) -> dict[str, tuple[int, ...]]:
+    """The input's and each output's shape in that file's own axis order (a NIfTI output is x, y, z first)."""
+    shapes = {"input": tuple(plan.in_shape)}
+    for key, path in outputs.items():
+        if path is not None:
+            grid = plan.in_shape if key == "grad_out" else plan.out_shape  # the gradient is on the input grid
+            shapes[key] = stored_shape(path, grid, source)
+    return shapes
+
+
 def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out,
             indices_out, out_dataset) -> PoolReport:
     meta = source.meta
@@ -304,6 +365,9 @@ def _report(source, plan: Plan, spec: PoolSpec, out_dtype, grad_dtype, limit, in
         slab_axis=source.layout.axes[plan.slab_axis],
         rows_per_slab=plan.rows_per_slab,
         slabs=plan.job_count,
+        slabs_along_axis=len(plan.slabs),
+        outer_axes={source.layout.axes[a]: int(plan.in_shape[a]) for a in plan.outer},
+        file_shapes=_file_shapes(source, plan, output=output, grad_out=grad_out, indices_out=indices_out),
         memory_limit=limit,
         memory_estimate=plan.slab_bytes,
         spacing_in=None if meta.spacing is None else tuple(float(v) for v in meta.spacing),

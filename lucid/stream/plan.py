@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from lucid.io.atomic import human_bytes
 from lucid.io.layout import outer_axes
 from lucid.kernels.maxpool import code_dtype
 from lucid.kernels.windows import AxisWindow, PoolSpec
@@ -169,7 +170,7 @@ def _largest_fitting(estimate, limit_rows: int, budget: int) -> int:
 
 
 def _mib(n: int) -> str:
-    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
+    return human_bytes(n)  # "1 byte", "54.0 KiB", "1.5 GiB": never "0.0 KiB"
 
 
 def parse_size(text: str | int) -> int:
