@@ -161,8 +161,15 @@ class Source(ABC):
         of them.  HDF5 adds external-link targets, virtual-dataset sources and external storage."""
         return (self.path,) if self.path else ()
 
+    caches_slab: bool = False  # set_cache keeps up to one input slab (decompressed chunks)
+
+    def reader_overhead(self) -> int:
+        """Bytes the reader holds itself whatever the slab (decompressor buffers, one
+        compressed chunk), counted by the planner."""
+        return 0
+
     def set_cache(self, nbytes: int) -> None:
-        """Size the reader's cache to hold one slab (``nbytes``); a no-op where there is none."""
+        """Size the reader's cache to hold one input slab (``nbytes``); a no-op where there is none."""
 
     @abstractmethod
     def read(self, index: tuple[slice, ...]) -> np.ndarray:

@@ -10,10 +10,12 @@ Reading
 Chunk cache
     ``set_cache(nbytes)`` re-opens the dataset through the low-level API with a
     dataset-access property list whose chunk cache (``rdcc_nbytes``) holds
-    ``nbytes`` plus one chunk, with ``rdcc_nslots`` a prime ~100x the number of
-    chunks that fit and w0 = 1 (fully read chunks are evicted first).  Size it
-    to one slab so a chunk shared by two reads (halo rows, or carried indices
-    read one at a time) is decompressed once.  The file stays open.
+    ``nbytes`` (one input slab, which the planner counts) plus one chunk,
+    with ``rdcc_nslots`` a prime ~100x the number of chunks that fit and
+    w0 = 1 (fully read chunks are evicted first).  One slab, so a chunk
+    shared by two reads (halo rows, or carried indices read one at a time) is
+    decompressed once.  Only filtered chunks are cached: unfiltered ones are
+    read in place.  The file stays open.
 
 Writing
     ``HDF5Sink`` writes one chunked dataset into a temporary file (see
@@ -344,6 +346,8 @@ class HDF5Source(Source):
                 f"axes 'thwc' (--axes thwc)",
             )
         self.chunks = tuple(ds.chunks) if ds.chunks else None
+        filtered = bool(self.chunks) and ds.id.get_create_plist().get_nfilters() > 0
+        self._chunk_bytes_filtered = math.prod(self.chunks) * self.dtype.itemsize if filtered else 0
         self._slab_axis = self._pick_slab_axis()
         self.chunk_rows = int(self.chunks[self._slab_axis]) if self.chunks else 1
         self.meta = self._read_meta(ds)
@@ -413,9 +417,18 @@ class HDF5Source(Source):
     def files(self) -> tuple[str, ...]:
         return self._files
 
+    @property
+    def caches_slab(self) -> bool:  # only filtered chunks are worth keeping: unfiltered ones are read in place
+        return self._chunk_bytes_filtered > 0
+
+    def reader_overhead(self) -> int:
+        """A filtered chunk is decompressed whole: its compressed bytes and the decompressed
+        chunk (when the cache cannot take it) are the reader's own."""
+        return 2 * self._chunk_bytes_filtered
+
     def set_cache(self, nbytes: int) -> None:
         """Re-open the dataset with a chunk cache of ``nbytes`` (+ one chunk); see module doc."""
-        if not self.chunks:
+        if not self.caches_slab:
             return
         chunk_bytes = int(np.prod(self.chunks)) * self._ds.dtype.itemsize
         total = int(max(nbytes, 0)) + chunk_bytes

@@ -129,12 +129,23 @@ def _tap_plan(w: AxisWindow) -> tuple[Group | None, tuple[Group, ...]]:
         last = (hi - 1) * w.stride - w.pad
         taps = tuple((j, slice(first + j * w.dilation, last + j * w.dilation + 1, w.stride)) for j in range(w.kernel))
         interior = (slice(lo, hi), taps)
-    edges = []
-    for o in [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out):
-        positions = [(j, o * w.stride - w.pad + j * w.dilation) for j in range(w.kernel)]
-        taps = tuple((j, None if w.is_padding(p) else slice(p, p + 1)) for j, p in positions if w.takes_part(p))
-        edges.append((slice(o, o + 1), taps))
-    return interior, tuple(edges)
+    outs = [*range(0, lo), *range(max(lo, hi), w.size_out)] if hi > lo else range(w.size_out)
+    return interior, tuple((slice(o, o + 1), _edge_taps(w, o)) for o in outs)
+
+
+def _edge_taps(w: AxisWindow, o: int) -> Taps:
+    """The taps of output ``o``: one-row slices for the taps inside the input,
+    and only the first tap in the padding.  Every later padding tap ties with
+    it and loses (first maximum, smaller code), so a kernel of thousands of
+    taps over a small input costs its real taps, not its width."""
+    start, d = o * w.stride - w.pad, w.dilation
+    j_lo = -(start // d) if start < 0 else 0  # first tap at or past position 0
+    j_hi = min(w.kernel - 1, (w.size_in - 1 - start) // d)  # last tap before the input's end
+    taps = [(j, slice(start + j * d, start + j * d + 1)) for j in range(j_lo, j_hi + 1)]
+    first_pad = 0 if start < 0 else max(j_hi + 1, 0)
+    if first_pad < w.kernel and w.takes_part(start + first_pad * d):
+        taps.insert(0 if first_pad < j_lo else len(taps), (first_pad, None))
+    return tuple(taps)
 
 
 def _runs(x: np.ndarray, axis: int, w: AxisWindow, outs):

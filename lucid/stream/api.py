@@ -15,12 +15,12 @@ import numpy as np
 
 import lucid
 from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name, stored_shape
-from lucid.io.atomic import check_destination, file_identity
+from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
-from lucid.stream.plan import Plan, parse_size, plan_slabs
+from lucid.stream.plan import MemoryLimitError, Plan, parse_size, plan_slabs
 
 DEFAULT_MEMORY_LIMIT = "512M"
 MAX_AXIS_VALUE = 2**31 - 1  # a larger kernel, stride, padding or dilation fits no file axis and overflows attributes
@@ -152,7 +152,13 @@ def pool3d_file(
                 chunk_rows=getattr(source, "chunk_rows", 1),
                 names=[_axis_name(source, a) for a in source.layout.pooled],
                 what=source.name,
+                reader_overhead=source.reader_overhead(),
+                cached_input=source.caches_slab,
             )
+            _check_fits_machine(plan.slab_bytes, spec)  # a limit above the machine's memory lets it through
+        except MemoryLimitError as exc:
+            _check_fits_machine(exc.need, spec)  # no --memory-limit to suggest when the machine is too small
+            raise type(exc)(f"{source.name}: {exc}" if source.name not in str(exc) else str(exc), exc.need) from None
         except ValueError as exc:  # a kernel that does not fit, a memory limit too small: name the file
             if source.name in str(exc):
                 raise
@@ -216,8 +222,7 @@ def pool3d_file(
         if indices_out is not None:
             index_sink = open_sink(indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices", **common)
             sinks.append(index_sink)
-        if hasattr(source, "set_cache"):
-            source.set_cache(plan.slab_bytes)
+        source.set_cache(plan.cache_bytes)
 
         stats = engine.run(
             source, plan, out=out_sink, grad_out=grad_sink, indices_out=index_sink, grad_in=gradient,
@@ -313,6 +318,16 @@ def peak_memory_mib() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _check_fits_machine(need: int | None, spec: PoolSpec) -> None:
+    total = resources.machine_memory()
+    if need is not None and total is not None and need > total:
+        raise MemoryLimitError(
+            f"one slab needs {human_bytes(need)}, more than this machine's {human_bytes(total)} of memory "
+            f"(kernel {spec.kernel}, padding {spec.padding})",
+            need,
+        )
 
 
 def _axis_name(source: Source, axis: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from lucid.io.atomic import human_bytes
 from lucid.io.layout import outer_axes
-from lucid.kernels.maxpool import code_dtype
+from lucid.kernels.maxpool import _interior, code_dtype
 from lucid.kernels.windows import AxisWindow, PoolSpec
 
 MiB = 1 << 20
@@ -26,7 +26,11 @@ PIPELINE_SLAB_BYTES = 16 * MiB  # input bytes per slab when the budget allows mo
 
 
 class MemoryLimitError(ValueError):
-    """The memory limit cannot hold even one slab."""
+    """The memory limit cannot hold even one slab (``need``: the bytes one slab takes)."""
+
+    def __init__(self, message: str, need: int | None = None):
+        super().__init__(message)
+        self.need = need
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class Plan:
     slab_r: int  # which pooled axis slabs are cut along (index into ``pooled``)
     outer: tuple[int, ...]  # carried file axes walked one index at a time
     slabs: tuple[Slab, ...]
-    slab_bytes: int  # estimated peak bytes of the slab buffers
+    slab_bytes: int  # estimated peak bytes of the slab buffers, the reader's included
+    cache_bytes: int = 0  # what the reader's chunk cache may hold: one input slab, counted in slab_bytes
 
     @property
     def slab_axis(self) -> int:
@@ -109,8 +114,14 @@ def plan_slabs(
     chunk_rows: int = 1,
     names: Sequence[str] | None = None,
     what: str = "the input",
+    reader_overhead: int = 0,
+    cached_input: bool = False,
 ) -> Plan:
-    """Choose the slab height that keeps the estimated buffers within ``memory_limit`` bytes."""
+    """Choose the slab height that keeps the estimated buffers within ``memory_limit`` bytes.
+
+    The reader's own memory counts too: ``reader_overhead`` bytes whatever the
+    slab (decompression buffers, one compressed chunk), and with ``cached_input``
+    a chunk cache that holds one input slab (``Plan.cache_bytes``)."""
     shape = tuple(int(n) for n in shape)
     pooled = tuple(pooled)
     if slab_axis not in pooled:
@@ -130,13 +141,19 @@ def plan_slabs(
 
     in_plane, out_plane = plane(shape), plane(out_shape)
     code_size = code_dtype(windows).itemsize
+    # Winner codes turn into offsets and edge masks through tables with one
+    # entry per window tap (k_d*k_h*k_w), one mask per output plane at a border.
+    taps = math.prod(x.kernel for x in windows)
+    edge_planes = sum(x.size_out - (hi - lo) for x in windows for lo, hi in [_interior(x)])
+    tap_tables = taps * (16 + edge_planes) if backward or indices else 0
 
     def estimate(rows: int) -> int:
         in_rows = min(w.size_in, (rows - 1) * w.stride + w.span)
         # Reader, compute and writer each hold a slab: two input slabs in flight,
         # three output slabs (computed, queued, being written) and the kernels'
         # intermediate pass (at most half the input of a slab with stride >= 2).
-        total = in_rows * in_plane * in_itemsize * 3 + rows * out_plane * out_itemsize * 3
+        total = in_rows * in_plane * in_itemsize * (4 if cached_input else 3) + rows * out_plane * out_itemsize * 3
+        total += reader_overhead + tap_tables
         if backward:
             total += rows * out_plane * (code_size + 2 * grad_itemsize)  # codes, upstream gradient
             total += in_rows * in_plane * grad_itemsize * 4  # carry, masks, rows queued to the writer
@@ -151,11 +168,14 @@ def plan_slabs(
         need = estimate(1)
         raise MemoryLimitError(
             f"memory limit {_mib(memory_limit)} is too small for one slab of {what}: "
-            f"need at least {_mib(need)} (try --memory-limit {int(np.ceil(need / MiB))}M)"
+            f"need at least {_mib(need)} (try --memory-limit {int(np.ceil(need / MiB))}M)",
+            need,
         )
     if chunk_rows > 1 and rows * w.stride >= chunk_rows:  # whole chunks per slab where possible
         rows = max(1, (rows * w.stride // chunk_rows) * chunk_rows // w.stride)
-    return Plan(shape, tuple(out_shape), pooled, windows, slab_r, outer, cut_slabs(w, rows), estimate(rows))
+    slabs = cut_slabs(w, rows)
+    cache = max(s.in_rows[1] - s.in_rows[0] for s in slabs) * in_plane * in_itemsize if cached_input else 0
+    return Plan(shape, tuple(out_shape), pooled, windows, slab_r, outer, slabs, estimate(rows), cache)
 
 
 def _largest_fitting(estimate, limit_rows: int, budget: int) -> int:
