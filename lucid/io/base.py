@@ -9,7 +9,8 @@ What engine code may rely on
 Source: ``name``, ``path`` (absolute path or None), ``shape``, ``dtype`` (native
 byte order, what ``read`` returns), ``layout``, ``meta``, ``order`` ("C" or "F":
 the file's memory order), ``slab_axis``, ``chunk_rows``, ``set_cache(nbytes)``,
-``read(index)`` (a fresh, writable array the caller owns), ``close()``.
+``read(index)`` (a fresh, writable array the caller owns), ``files()``,
+``reader_overhead()``, ``check_complete()``, ``close()``.
 
 Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
 ``write(index, data)``, ``prepare()``, ``commit()``, ``abort()``; indexes and data are in the
@@ -157,6 +158,21 @@ class Source(ABC):
 
     def set_cache(self, nbytes: int) -> None:
         """Size the reader's cache to hold one slab (``nbytes``); a no-op where there is none."""
+
+    def files(self) -> tuple[str, ...]:
+        """Every file the source reads (an output must be none of them)."""
+        return (self.path,) if self.path else ()
+
+    def reader_overhead(self) -> int:
+        """bytes the reader holds itself (caches, decompressor buffers), counted by the planner"""
+        return 0
+
+    def check_complete(self) -> None:
+        """Check what only the end of the file can show (a gzip trailer's CRC and length).
+
+        Called once after the last read and before any output is committed;
+        raises LucidIOError.  A no-op where there is nothing to check.
+        """
 
     @abstractmethod
     def read(self, index: tuple[slice, ...]) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
+from lucid.io import LucidIOError, detect_format, open_gradient, open_sink, open_source, sink_name
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
@@ -146,13 +146,8 @@ def pool3d_file(
             raise type(exc)(f"{source.name}: {exc}") from None
         gradient = None
         if grad_in is not None:
-            gradient = open_source(grad_in, axes=source.layout.axes)
+            gradient = open_gradient(grad_in, source, plan.out_shape)
             opened.append(gradient)
-            if gradient.shape != plan.out_shape:
-                raise LucidIOError(
-                    f"{gradient.name}: upstream gradient has shape {gradient.shape}, "
-                    f"expected the output shape {plan.out_shape}"
-                )
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
