@@ -195,6 +195,8 @@ def pool3d_file(
             pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=grad_dtype,
             threads=threads, progress=progress,
         )
+        for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
+            src.check_complete()
         for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
             sink.prepare()
         for sink in sinks:
