@@ -310,7 +310,7 @@ def test_usage_errors_for_arguments(tmp_path):
     (["pool3d", "missing.nii.gz", "o.nii"], ["missing.nii.gz: no such file"]),
     (["pool3d", f"{VOL5}:/nope", "o.h5"], ["volume_5d.h5: no dataset /nope", "/data 2x3x32x32x32"]),
     (["pool3d", VOL5, "o.h5", "-k", "3", "--grad-in", f"{VOL5_GRAD}:/grad", "--grad-out", "g.h5"],
-     ["(2, 3, 16, 16, 16)", "(2, 3, 10, 10, 10)"]),
+     ["n=2 c=3 d=16 h=16 w=16", "n=2 c=3 d=10 h=10 w=10"]),
     (["pool3d", CT, "o.nii", "--memory-limit", "10K"], ["memory limit", "too small", "ct_phantom.nii.gz"]),
     (["pool3d", CT, "o.nii", "-k", "100"], ["ct_phantom.nii.gz", "kernel 100", "64"]),
     (["pool3d", MRI, "o.nii", "--axes", "zyx"], ["mri_4d.nii.gz", "axes 'zyx'"]),
