@@ -142,6 +142,7 @@ class Source(ABC):
     meta: VolumeMeta
     order: str = "C"  # memory order of the file: "C" (last axis fastest) or "F"
     chunk_rows: int = 1  # extent of one storage chunk along slab_axis (1: no chunking)
+    warnings: tuple[str, ...] | list[str] = ()  # one line each, about the input (e.g. a header field ignored)
 
     @property
     def slab_axis(self) -> int:

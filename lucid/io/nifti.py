@@ -59,6 +59,8 @@ from lucid.io.base import (
 )
 from lucid.io.gzstream import BUFFER_BYTES, GzipError, GzipStream
 from lucid.io.layout import nifti_axis_order, parse_layout
+from lucid.io.nifti_geometry import sane_header
+from lucid.io.pywarnings import collect
 
 NIFTI1_MAX_DIM = 32767
 DEFAULT_GZIP_LEVEL = 1
@@ -135,9 +137,12 @@ class NiftiSource(Source):
         shown = name or os.fspath(path)
         self.name = shown
         self.path = os.path.abspath(os.fspath(path))
-        img = load_nifti(self.path, shown)
+        with collect() as seen:
+            img = load_nifti(self.path, shown)
         try:
-            self._init(img, shown, axes)
+            with collect() as seen_init:
+                self._init(img, shown, axes)
+            self.warnings += seen.lines(shown) + seen_init.lines(shown)
         except LucidIOError:
             self.close()
             raise
@@ -146,7 +151,8 @@ class NiftiSource(Source):
             raise LucidIOError(f"{shown}: not a readable NIfTI file ({one_line(exc)})") from exc
 
     def _init(self, img, shown: str, axes: str | None) -> None:
-        hdr = img.header
+        self.raw_header = img.header  # as in the file (``lucid info`` shows its fields)
+        hdr, self.warnings, self.sizes_known = sane_header(img.header, shown)
         self.header = hdr
         self.gzipped = self.path.lower().endswith(".gz")
         try:
@@ -186,6 +192,8 @@ class NiftiSource(Source):
         zooms = [float(z) for z in hdr.get_zooms()]
         pooled = self.layout.pooled
         spacing = tuple(zooms[a] for a in pooled) if len(zooms) >= max(pooled) + 1 else None
+        if not self.sizes_known:
+            spacing = None
         try:
             space_unit = hdr.get_xyzt_units()[0]
         except Exception:  # pragma: no cover

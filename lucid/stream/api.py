@@ -152,6 +152,8 @@ def pool3d_file(
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
+        for src in opened:
+            report.warnings.extend(getattr(src, "warnings", ()))
         protect = [g.path for g in opened if getattr(g, "path", None)]
         if dry_run:
             report.dry_run = True
