@@ -19,8 +19,8 @@ def triple(values: Sequence[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else shape(values)
 
 
-def number(value: float) -> str:
-    return f"{value:.6g}"
+def number(value: float | None) -> str:
+    return "non-finite" if value is None else f"{value:.6g}"  # JSON-ready dicts hold NaN/inf as None
 
 
 def sizes(values: Sequence[float] | None, unit: str | None) -> str:
@@ -205,6 +205,7 @@ def _nifti_lines(v: dict[str, Any]) -> list[str]:
         out.append(line("cal range", f"{number(v['cal_min'])} .. {number(v['cal_max'])}"))
     if v["descrip"]:
         out.append(line("descrip", v["descrip"]))
+    out += [line("warning", text) for text in v.get("warnings", ())]
     return out
 
 

@@ -151,7 +151,7 @@ def _nifti_header(source: Source) -> dict[str, Any]:
     return {
         "nifti_version": source.meta.extra.get("nifti_version", 1),
         "datatype": str(hdr.get_value_label("datatype")),
-        "zooms": [float(z) for z in hdr.get_zooms()],
+        "zooms": [float(z) for z in source.raw_header.get_zooms()],  # as in the file, NaN included
         "xyzt_units": [space, time],
         "qform_code": int(qcode),
         "qform_code_name": str(hdr.get_value_label("qform_code")),
@@ -169,6 +169,7 @@ def _nifti_header(source: Source) -> dict[str, Any]:
         "descrip": _text(hdr["descrip"]),
         "vox_offset": int(source.offset),
         "extensions": len(hdr.extensions),
+        "warnings": list(source.warnings),
     }
 
 
@@ -186,7 +187,10 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
     if isinstance(value, (np.generic,)):
-        return jsonable(value.item())
+        item = value.item()
+        if isinstance(item, np.generic):  # float128 / longdouble: item() gives it back unchanged
+            item = float(item) if isinstance(item, np.floating) else str(item)
+        return jsonable(item)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, float):

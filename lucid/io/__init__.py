@@ -23,6 +23,7 @@ from lucid.io.layout import default_axes, nifti_axis_order, parse_layout
 __all__ = [
     "open_source",
     "open_sink",
+    "open_gradient",
     "sink_name",
     "stored_shape",
     "detect_format",
@@ -100,6 +101,56 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     from lucid.io.hdf5 import HDF5Source
 
     return HDF5Source(file, dataset if dataset is not None else ds, axes=axes)
+
+
+# Formats whose sinks store pooled axes first as x, y, z (lucid.io.layout.nifti_axis_order).
+F_ORDER_FORMATS = ("nifti",)
+
+
+def sink_axis_order(path, like: Source) -> tuple[int, ...]:
+    """``like``'s axes in the order a sink at ``path`` stores them (file axis j = like axis perm[j])."""
+    if isinstance(path, (str, os.PathLike)) and detect_format(path)[0] in F_ORDER_FORMATS:
+        return nifti_axis_order(like.layout, like.order)
+    return tuple(range(like.ndim))
+
+
+def shape_in_letters(shape, letters: str) -> str:
+    """``"x=16 y=8 z=4"``: a shape with the user's axis letters (bare ``16x8x4`` if they do not fit)."""
+    if len(letters) != len(shape):
+        return "x".join(str(n) for n in shape)
+    return " ".join(f"{ch}={n}" for ch, n in zip(letters, shape))
+
+
+def open_gradient(path, like: Source, shape) -> Source:
+    """Open an upstream gradient on the output grid ``shape`` of ``like``, read in ``like``'s axis order.
+
+    The gradient file's axes are mapped as an output written there would have
+    them (a NIfTI gradient for an HDF5 "dhw" input is x=w, y=h, z=d).  A shape
+    that does not match is one LucidIOError naming both shapes in axis letters.
+    """
+    if isinstance(path, np.ndarray):
+        src = ArraySource(path, axes=like.layout.axes if path.ndim == like.ndim else None)
+        perm = tuple(range(like.ndim))
+    else:
+        perm = sink_axis_order(path, like)
+        letters = "".join(like.layout.axes[a] for a in perm)
+        try:
+            src = open_source(path, axes=letters)
+        except LayoutError:  # another number of dimensions: report the shapes, not the letters
+            src = open_source(path)
+            letters = src.layout.axes
+    want = tuple(int(shape[a]) for a in perm)
+    if src.shape != want:
+        src.close()
+        file_letters = "".join(like.layout.axes[a] for a in perm)
+        got = shape_in_letters(src.shape, src.layout.axes if len(src.shape) != len(want) else file_letters)
+        raise LucidIOError(f"{src.name}: upstream gradient is {got}, expected the output's grid "
+                           f"{shape_in_letters(want, file_letters)}")
+    if perm == tuple(range(like.ndim)):
+        return src
+    from lucid.io.permuted import PermutedSource
+
+    return PermutedSource(src, perm, like.layout)
 
 
 def expected_shape(like: Source, pooling) -> tuple[int, ...]:

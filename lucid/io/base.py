@@ -8,8 +8,9 @@ What engine code may rely on
 ----------------------------
 Source: ``name``, ``path`` (absolute path or None), ``shape``, ``dtype`` (native
 byte order, what ``read`` returns), ``layout``, ``meta``, ``order`` ("C" or "F":
-the file's memory order), ``slab_axis``, ``files()``, ``warnings``, ``chunk_rows``, ``set_cache(nbytes)``,
-``read(index)`` (a fresh, writable array the caller owns), ``close()``.
+the file's memory order), ``slab_axis``, ``warnings``, ``chunk_rows``, ``caches_slab``,
+``set_cache(nbytes)``, ``read(index)`` (a fresh, writable array the caller owns),
+``files()``, ``reader_overhead()``, ``check_complete()``, ``close()``.
 
 Sink: ``name``, ``path``, ``shape``, ``dtype``, ``kind``, ``layout``,
 ``write(index, data)``, ``prepare()``, ``commit()``, ``abort()``; indexes and data are in the
@@ -141,7 +142,7 @@ class Source(ABC):
     meta: VolumeMeta
     order: str = "C"  # memory order of the file: "C" (last axis fastest) or "F"
     chunk_rows: int = 1  # extent of one storage chunk along slab_axis (1: no chunking)
-    warnings: tuple[str, ...] = ()  # one-line doubts about the file, e.g. a guessed layout
+    warnings: tuple[str, ...] | list[str] = ()  # one line each: a guessed layout, a header field ignored
 
     @property
     def slab_axis(self) -> int:
@@ -170,6 +171,13 @@ class Source(ABC):
 
     def set_cache(self, nbytes: int) -> None:
         """Size the reader's cache to hold one input slab (``nbytes``); a no-op where there is none."""
+
+    def check_complete(self) -> None:
+        """Check what only the end of the file can show (a gzip trailer's CRC and length).
+
+        Called once after the last read and before any output is committed;
+        raises LucidIOError.  A no-op where there is nothing to check.
+        """
 
     @abstractmethod
     def read(self, index: tuple[slice, ...]) -> np.ndarray:

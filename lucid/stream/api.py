@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, dirs, open_sink, open_source, sink_name, stored_shape
+from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
@@ -155,9 +155,9 @@ def pool3d_file(
                 reader_overhead=source.reader_overhead(),
                 cached_input=source.caches_slab,
             )
-            _check_fits_machine(plan.slab_bytes, spec)  # a limit above the machine's memory lets it through
+            _check_fits_machine(plan.slab_bytes, spec, source.name)  # a limit above the machine's memory lets it through
         except MemoryLimitError as exc:
-            _check_fits_machine(exc.need, spec)  # no --memory-limit to suggest when the machine is too small
+            _check_fits_machine(exc.need, spec, source.name)  # no --memory-limit to suggest when the machine is too small
             raise type(exc)(f"{source.name}: {exc}" if source.name not in str(exc) else str(exc), exc.need) from None
         except ValueError as exc:  # a kernel that does not fit, a memory limit too small: name the file
             if source.name in str(exc):
@@ -165,13 +165,8 @@ def pool3d_file(
             raise type(exc)(f"{source.name}: {exc}") from None
         gradient = None
         if grad_in is not None:
-            gradient = open_source(grad_in, axes=source.layout.axes)
+            gradient = open_gradient(grad_in, source, plan.out_shape)
             opened.append(gradient)
-            if gradient.shape != plan.out_shape:
-                raise LucidIOError(
-                    f"{gradient.name}: upstream gradient has shape {gradient.shape}, "
-                    f"expected the output shape {plan.out_shape}"
-                )
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
@@ -229,6 +224,8 @@ def pool3d_file(
             pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=grad_dtype,
             threads=threads, progress=progress,
         )
+        for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
+            src.check_complete()
         for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
             sink.prepare()
         for sink in sinks:
@@ -320,11 +317,11 @@ def peak_memory_mib() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def _check_fits_machine(need: int | None, spec: PoolSpec) -> None:
+def _check_fits_machine(need: int | None, spec: PoolSpec, what: str) -> None:
     total = resources.machine_memory()
     if need is not None and total is not None and need > total:
         raise MemoryLimitError(
-            f"one slab needs {human_bytes(need)}, more than this machine's {human_bytes(total)} of memory "
+            f"{what}: one slab needs {human_bytes(need)}, more than this machine's {human_bytes(total)} of memory "
             f"(kernel {spec.kernel}, padding {spec.padding})",
             need,
         )
