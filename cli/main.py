@@ -141,20 +141,31 @@ def _check_dataset(path: str | None, dataset: str | None, flag: str) -> None:
         raise click.UsageError(f"{path} names dataset {in_path} but {flag} says {dataset}; give one")
 
 
-def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
-    """No output may be an input or another output (the same file under any name, hard links too)."""
+def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None],
+                 datasets: dict[str, str | None] | None = None) -> None:
+    """No output may be an input or another output (the same file under any name, hard links too).
+
+    Another dataset of an HDF5 input file is a legitimate output (the input is
+    only read); when the input's dataset is not named, the library decides."""
+    datasets = datasets or {}
 
     def identity(p: str):
         return file_identity(detect_format(p)[1])
 
-    given = [(identity(p), label) for label, p in inputs.items() if p is not None]
+    def dataset(label: str, p: str) -> str | None:
+        fmt, _file, in_path = detect_format(p)
+        named = datasets.get(label) or in_path
+        return None if fmt != "hdf5" or named is None else "/" + named.strip("/")
+
+    given = [(identity(p), label, dataset(label, p)) for label, p in inputs.items() if p is not None]
     seen: dict = {}
     for label, path in outputs.items():
         if path is None:
             continue
         key = identity(path)
-        for in_key, in_label in given:
-            if key == in_key:
+        out_ds = dataset(label, path)
+        for in_key, in_label, in_ds in given:
+            if key == in_key and (out_ds is None or out_ds == in_ds):
                 raise click.UsageError(f"{label} {path} is the {in_label} file; choose another output name")
         if key in seen:
             raise click.UsageError(f"{label} {path} is the same file as {seen[key]}")
@@ -260,7 +271,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     _check_dataset(output, out_dataset, "--out-dataset")
     _check_spec(kernel, stride, padding, dilation, ceil_mode, padding_mode)
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
-    _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
+    _check_files({"INPUT": input, "--grad-in": grad_in}, outputs, {"INPUT": dataset, "OUTPUT": out_dataset})
     ctx.meta["lucid.input"] = input
     ctx.meta["lucid.json"] = as_json
 

@@ -34,7 +34,7 @@ import os
 import h5py
 import numpy as np
 
-from lucid.io.atomic import AtomicTarget, FileSink, is_no_space, no_space_error
+from lucid.io.atomic import AtomicTarget, FileSink, check_destination, is_no_space, no_space_error, same_file
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.base import (
     check_input_file,
@@ -514,8 +514,71 @@ def dataset_for(dataset: str | None, like: Source) -> str:
     return dataset if dataset.startswith("/") else "/" + dataset
 
 
+def _same_dataset(a: str | None, b: str | None) -> bool:
+    return a is None or b is None or "/" + a.strip("/") == "/" + b.strip("/")
+
+
+def _existing_dataset(path: str, dataset: str, shown: str) -> bool:
+    """Whether ``dataset`` exists in the HDF5 file ``path`` (a link of any kind counts); refuses a group."""
+    try:
+        with h5py.File(path, "r") as f:
+            parent = dataset.rsplit("/", 1)[0] or "/"
+            if parent != "/" and parent in f and not isinstance(f[parent], h5py.Group):
+                raise LucidIOError(f"{shown}:{dataset}: {parent} is a dataset, not a group")
+            link = f.get(dataset, getlink=True)
+            if link is None:
+                return False
+            if isinstance(link, h5py.HardLink) and isinstance(f[dataset], h5py.Group):
+                raise LucidIOError(f"{shown}:{dataset}: is a group; name a dataset to write")
+            return True
+    except LucidIOError:
+        raise
+    except Exception as exc:
+        raise LucidIOError(f"{shown}: cannot open the existing file to add a dataset: {one_line(exc)}") from None
+
+
+def hdf5_output_target(path, dataset: str, *, force: bool, protect=(), expected_bytes: int | None = None,
+                       shown: str | None = None, check_only: bool = False) -> AtomicTarget | bool:
+    """The AtomicTarget for dataset ``dataset`` of the HDF5 file ``path``.
+
+    An existing HDF5 file keeps its other groups, datasets and attributes: the
+    target is an updated copy of it (``update=True``).  The dataset itself is
+    replaced only with ``force``.  ``protect`` entries ``(file, dataset)`` refuse
+    only that dataset of that file; plain paths refuse the whole file.  With
+    ``check_only`` nothing is created: returns whether the dataset exists."""
+    shown = shown or os.fspath(path)
+    file = os.path.abspath(os.fspath(path))
+    rest = []
+    for entry in protect:
+        if isinstance(entry, tuple) and entry[0] is not None and same_file(entry[0], file):
+            if _same_dataset(entry[1], dataset):
+                raise LucidIOError(f"{shown}:{dataset}: output is the input file {entry[0]} and its dataset "
+                                   f"{entry[1] or dataset}; choose another dataset or file")
+            continue  # another dataset of the input file: the input is only read, from the original
+        rest.append(entry)
+    update = os.path.isfile(file) and h5py.is_hdf5(file)
+    exists = False
+    if update:
+        check_destination(file, protect=rest, update=True)
+        exists = _existing_dataset(file, dataset, shown)
+        if exists and not force:
+            raise LucidIOError(f"{shown}:{dataset}: output dataset exists, use --force to replace it")
+        if expected_bytes is not None:
+            expected_bytes += os.path.getsize(file)
+    if check_only:
+        check_destination(file, force=True, protect=rest, update=update)
+        return exists
+    # A file that appears during the run may hold other datasets: it is never replaced, even with force.
+    replace = force and os.path.lexists(file)
+    return AtomicTarget(file, force=replace, protect=rest, expected_bytes=expected_bytes, update=update)
+
+
 class HDF5Sink(FileSink):
-    """A chunked, compressed HDF5 dataset written box by box into a temporary file."""
+    """A chunked, compressed HDF5 dataset written box by box into a temporary file.
+
+    Into an existing HDF5 file the dataset is added (or, with ``force``,
+    replaced) in a copy of that file, which replaces it at commit: the other
+    objects stay, and a failure leaves the file as it was."""
 
     def __init__(self, path, shape, dtype, *, like: Source, pooling=None, kind: str = "output",
                  dataset: str | None = None, compression: str = "gzip", force: bool = False,
@@ -532,14 +595,21 @@ class HDF5Sink(FileSink):
         self.dataset_path = dataset
         self.name = f"{shown}:{dataset}"
         expected = None if codec else int(np.prod(self.shape)) * self.dtype.itemsize
-        self.target = AtomicTarget(path, force=force, protect=[like.path, *protect], expected_bytes=expected)
+        inputs = [(like.path, getattr(like, "dataset_path", None)) if like.path else None, *protect]
+        self.target = hdf5_output_target(path, dataset, force=force, protect=inputs, expected_bytes=expected,
+                                         shown=shown)
         self.path = os.fspath(self.target.dest)
         self.written = 0
         self.file = None
         self._guard = None
         try:
             self._guard = GuardedFile(self.target.tmp)
-            self.file = h5py.File(self._guard, "w")
+            if self.target.base is not None:  # an updated copy of an existing file
+                self.file = h5py.File(self._guard, "r+")
+                if self.file.get(dataset, getlink=True) is not None:
+                    del self.file[dataset]
+            else:
+                self.file = h5py.File(self._guard, "w")
             slab_axis = like.slab_axis
             outer = outer_axes(len(self.shape), like.layout.pooled, slab_axis, like.order)  # one index per write
             chunks = choose_chunks(self.shape, self.dtype.itemsize, slab_axis, slab_rows, outer)

@@ -157,15 +157,12 @@ def pool3d_file(
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
-        protect = [g.path for g in opened if getattr(g, "path", None)]
+        protect = [_protected(g) for g in opened if getattr(g, "path", None)]
         if dry_run:
             report.dry_run = True
-            for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
-                if isinstance(target, (str, os.PathLike)):
-                    file = detect_format(target)[1]
-                    check_destination(file, force=True, protect=protect)
-                    if not force and os.path.lexists(file):
-                        report.warnings.append(f"{file}: output exists; the run will refuse it without --force")
+            for target, ds in ((output, out_dataset), (grad_out, None), (indices_out, None)):
+                if isinstance(target, (str, os.PathLike)):  # what the run would refuse, it refuses now
+                    report.warnings.extend(_dry_run_check(target, ds, source, protect, force))
             return report
 
         provenance = {
@@ -204,6 +201,7 @@ def pool3d_file(
             sink.prepare()
         for sink in sinks:
             sink.commit()
+        report.warnings.extend(_cleaned_notes(sinks))
         sinks.clear()
         report.seconds = stats.seconds
         report.padding_won = stats.padding_won
@@ -214,6 +212,40 @@ def pool3d_file(
             sink.abort()
         for src in opened:
             src.close()
+
+
+def _protected(source: Source):
+    """An input as the sinks protect it: (file, dataset) for HDF5, so other datasets of the file can be written."""
+    dataset = getattr(source, "dataset_path", None)
+    return (source.path, dataset) if dataset is not None else source.path
+
+
+def _dry_run_check(target, dataset: str | None, source: Source, protect: list, force: bool) -> list[str]:
+    """Refuse what the run would refuse; the warnings for what it would need --force for."""
+    fmt, file, in_path = detect_format(target)
+    if fmt == "hdf5":
+        from lucid.io.hdf5 import dataset_for, hdf5_output_target
+
+        ds = dataset_for(dataset if dataset is not None else in_path, source)
+        like = [_protected(source)] + protect
+        if hdf5_output_target(file, ds, force=True, protect=like, check_only=True) and not force:
+            return [f"{file}:{ds}: output dataset exists; the run will refuse it without --force"]
+        return []
+    check_destination(file, force=True, protect=protect)
+    if not force and os.path.lexists(file):
+        return [f"{file}: output exists; the run will refuse it without --force"]
+    return []
+
+
+def _cleaned_notes(sinks) -> list[str]:
+    removed: dict[str, int] = {}
+    for sink in sinks:
+        target = getattr(sink, "target", None)
+        for _name in getattr(target, "cleaned", ()):
+            directory = os.path.dirname(target.display) or "."
+            removed[directory] = removed.get(directory, 0) + 1
+    return [f"removed {n} stale temporary file{'s' if n > 1 else ''} of killed lucid runs from {d}"
+            for d, n in removed.items()]
 
 
 def padding_rule(source: Source, padding_mode: str):
