@@ -2,7 +2,8 @@
 
 This layer only parses options, calls the library and reports.  Exit codes:
 0 success, 1 input/runtime error, 2 usage error, 130 Ctrl-C, 141 broken pipe,
-143 SIGTERM.  Every error is one ``Error: ...`` line on stderr (a traceback
+143 SIGTERM (128 + N for the other terminating signals: 129 SIGHUP, 131 SIGQUIT,
+...).  Every error is one ``Error: ...`` line on stderr (a traceback
 too with ``lucid --debug``); signals are handled as in ``interrupts``.
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -20,6 +22,7 @@ import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import file_identity
+from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream.api import pool3d_file
 
@@ -77,9 +80,9 @@ class LucidGroup(click.Group):
         except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
             click.echo("Error: interrupted", err=True)
             return EXIT_INTERRUPT
-        except Terminated:
-            click.echo("Error: terminated", err=True)
-            return EXIT_TERM
+        except Terminated as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            return exc.exit_code
 
     def invoke(self, ctx: click.Context):
         try:
@@ -106,7 +109,7 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPT
     if isinstance(exc, Terminated):
-        return "terminated", EXIT_TERM
+        return exc.message, exc.exit_code
     if isinstance(exc, LucidIOError):  # names its file already
         return _one_line(str(exc)), EXIT_FAILURE
     if isinstance(exc, OSError):
@@ -194,10 +197,12 @@ def main(ctx: click.Context, debug: bool) -> None:
       lucid info sample_data/ct_phantom.nii.gz
       lucid pool3d sample_data/ct_phantom.nii.gz ct_pooled.nii.gz -k 2
       lucid pool3d sample_data/video_clip.h5 clip_pooled.h5 -k 2x2x2 --dry-run
+      lucid clean pooled/        # temporary files of killed runs
 
     \b
     Exit codes: 0 ok, 1 input or runtime error, 2 usage error,
-    130 interrupted (Ctrl-C), 141 broken pipe, 143 terminated (SIGTERM).
+    130 interrupted (Ctrl-C), 141 broken pipe, 143 terminated (SIGTERM;
+    128 + N for signal N: 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1).
     """
     ctx.meta["lucid.debug"] = debug
 
@@ -329,6 +334,40 @@ def info(ctx: click.Context, file: str, dataset: str | None, axes: str | None, a
         _print_json(found)
     else:
         _echo_lines(report.info_lines(found), err=False)
+
+
+CLEAN_HELP = """Remove the temporary files that killed lucid runs left in DIR.
+
+A run writes its outputs to hidden files named .NAME.lucid-tmp-PID-HOST-XXXXXX
+beside them and removes them on success, on errors and on every signal it can
+catch. SIGKILL, a crash or a power cut leave them behind. This removes those
+whose process (PID, on this machine) no longer runs; any run into DIR does the
+same on the way. Files of running processes and of other machines are kept.
+
+\b
+Examples:
+  lucid clean pooled/
+  lucid clean . --dry-run
+"""
+
+
+@main.command("clean", help=CLEAN_HELP, no_args_is_help=True)
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing (errors still show).")
+@click.pass_context
+def clean(ctx: click.Context, directory: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    ctx.meta["lucid.input"] = directory
+    ctx.meta["lucid.json"] = as_json
+    found = clean_stale(directory, dry_run=dry_run)
+    if as_json:
+        _print_json({**asdict(found), "dry_run": dry_run})
+    elif not quiet:
+        _echo_lines(report.clean_lines(found, dry_run), err=False)
+    if found.failed:
+        raise Failure(f"{directory}: could not remove {len(found.failed)} stale temporary file"
+                      f"{'s' if len(found.failed) > 1 else ''}: {', '.join(found.failed)}")
 
 
 if __name__ == "__main__":  # python -m lucid_cli.main
