@@ -8,11 +8,11 @@ import click
 import numpy as np
 
 from lucid.io import LucidIOError, detect_format
+from lucid.io.compression import CompressionError, parse_codec
 from lucid.io.layout import parse_layout
 from lucid.stream.plan import parse_size
 
 _SEPARATORS = re.compile(r"[,x]")
-_COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
 
 
 def per_axis(minimum: int):
@@ -81,7 +81,7 @@ def axes_text(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def compression_text(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    text = value.strip().lower()
-    if not _COMPRESSION.match(text):
-        raise click.BadParameter(f"{value!r}: use gzip, gzip:N (N = 0-9), lzf or none")
-    return text
+    try:
+        return str(parse_codec(value))
+    except CompressionError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -185,3 +185,6 @@ def test_dry_run_reports_an_existing_dataset(tmp_path):
     assert pool3d_file(f"{path}:/x", f"{path}:/new", 2, dry_run=True).warnings == []
     with pytest.raises(LucidIOError, match="is the input file"):
         pool3d_file(f"{path}:/x", f"{path}:/x", 2, dry_run=True)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    report = pool3d_file(f"{path}:/x", tmp_path / "junk.h5", 2, dry_run=True)
+    assert any("junk.h5: output exists; the run will refuse it" in w for w in report.warnings)

@@ -224,12 +224,13 @@ def _dry_run_check(target, dataset: str | None, source: Source, protect: list, f
     """Refuse what the run would refuse; the warnings for what it would need --force for."""
     fmt, file, in_path = detect_format(target)
     if fmt == "hdf5":
-        from lucid.io.hdf5 import dataset_for, hdf5_output_target
+        from lucid.io.hdf5 import check_hdf5_output, dataset_for
 
         ds = dataset_for(dataset if dataset is not None else in_path, source)
-        like = [_protected(source)] + protect
-        if hdf5_output_target(file, ds, force=True, protect=like, check_only=True) and not force:
-            return [f"{file}:{ds}: output dataset exists; the run will refuse it without --force"]
+        update, exists, _ = check_hdf5_output(file, ds, force=True, protect=[_protected(source)] + protect)
+        if exists and not force:
+            what = f"{file}:{ds}: output dataset exists" if update else f"{file}: output exists"
+            return [f"{what}; the run will refuse it without --force"]
         return []
     check_destination(file, force=True, protect=protect)
     if not force and os.path.lexists(file):
