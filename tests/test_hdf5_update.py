@@ -188,3 +188,27 @@ def test_dry_run_reports_an_existing_dataset(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     report = pool3d_file(f"{path}:/x", tmp_path / "junk.h5", 2, dry_run=True)
     assert any("junk.h5: output exists; the run will refuse it" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "fallback"])
+def test_a_file_deleted_or_replaced_during_the_run_is_not_overwritten(tmp_path, monkeypatch, exchange):
+    from lucid.io import rename as rename_mod
+
+    if not exchange:
+        monkeypatch.setattr(rename_mod, "_renameat2", None)
+    path = rich_file(tmp_path / "a.h5")
+    sink = write_sink(f"{path}:/y", volume())
+    sink.prepare()
+    os.unlink(path)
+    with pytest.raises(LucidIOError, match="changed by another process"):
+        sink.commit()
+    assert not path.exists()
+    rich_file(path)
+    sink = write_sink(f"{path}:/y", volume())
+    sink.prepare()
+    os.replace(rich_file(tmp_path / "b.h5"), path)  # replaced by another file of the same content
+    with pytest.raises(LucidIOError, match="changed by another process"):
+        sink.commit()
+    with h5py.File(path, "r") as f:
+        assert "y" not in f
+    assert leftovers(tmp_path) == []

@@ -337,7 +337,11 @@ class AtomicTarget:
         With RENAME_EXCHANGE the check comes after an atomic swap (and swaps
         back on a mismatch), so no change made by another process in between
         is lost; elsewhere it comes just before the rename."""
-        if rename_exchange(self.tmp, self.dest):
+        try:
+            swapped = rename_exchange(self.tmp, self.dest)
+        except FileNotFoundError:  # the file was deleted meanwhile
+            raise self._changed() from None
+        if swapped:
             if _stamp(self.tmp) == self.base:  # the swapped-out file is the one we copied
                 _remove_path(self.tmp)
                 return

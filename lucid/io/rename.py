@@ -5,8 +5,10 @@ checked it.  Linux has ``renameat2(RENAME_NOREPLACE)`` (atomic: fails with
 EEXIST) and ``RENAME_EXCHANGE`` (swaps two names atomically); both work for
 files and directories.  Where the kernel, the C library or the file system
 lacks them (EINVAL, ENOSYS, ENOTSUP), a file is committed with ``link()`` +
-``unlink()`` (``link`` fails with EEXIST too), and a directory with
-``rename()``, which only replaces an *empty* directory.
+``unlink()`` (``link`` fails with EEXIST too), or on file systems without
+hard links (vfat, some FUSE and SMB mounts) by claiming the name with an
+exclusive create first; a directory with ``rename()``, which only replaces
+an *empty* directory.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _load_renameat2():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        func = libc.renameat2  # glibc >= 2.28, musl >= 1.2.? ; AttributeError otherwise
+        func = libc.renameat2  # glibc >= 2.28; AttributeError on older C libraries
     except (OSError, AttributeError):
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
