@@ -22,6 +22,7 @@ import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import file_identity
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream.api import pool3d_file
@@ -248,8 +249,10 @@ Examples:
                    "[default: HDF5 dimension labels, else dhw/cdhw/ncdhw; NIfTI xyz + tuvw].")
 @click.option("--dataset", metavar="PATH", help="HDF5 input dataset (or INPUT as file.h5:/PATH).")
 @click.option("--out-dataset", metavar="PATH", help="HDF5 output dataset [default: the input's name, or /data].")
-@click.option("--compression", default="gzip", show_default=True, metavar="CODEC", callback=opt.compression_text,
-              help="HDF5: gzip, gzip:N (level 0-9), lzf or none; .nii.gz is always gzip (level N if given).")
+@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
+              callback=opt.compression_text,
+              help="HDF5: none, gzip, gzip:N (level 0-9), lzf; with hdf5plugin also blosc:lz4, blosc:zstd, zstd, "
+                   "zstd:N. .nii.gz is always gzip (level N if given).")
 @click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
               help="Output dtype, e.g. float32 [default: the input's].")
 @click.option("--grad-out", metavar="FILE", callback=opt.volume_path,

@@ -2,8 +2,8 @@
 
 Codecs every h5py reads without plugins:
   ``none``, ``gzip`` / ``gzip:N`` (deflate level N, default 1; readable by every
-  HDF5 tool and language), ``lzf`` (h5py's own filter: fast, but C/MATLAB/Java
-  HDF5 readers need the LZF plugin).
+  HDF5 tool and language), ``lzf`` (h5py's own filter; C/MATLAB/Java HDF5
+  readers need the LZF plugin).
 Codecs from ``hdf5plugin`` (``pip install 'lucid-pool[hdf5plugin]'``; readers need
 ``import hdf5plugin`` or ``HDF5_PLUGIN_PATH`` too):
   ``blosc:lz4`` / ``blosc:zstd`` / ``blosc:CNAME:N`` (byte shuffle inside blosc),
@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT = "gzip:1"
+# Uncompressed, as h5py's own default: every HDF5 reader opens it, and a pooling run
+# is not dominated by compression (benchmarks/bench_compression.py: gzip:1 made a
+# 512^3 run 2.5-7x slower here, lzf 2.9-10x; zstd from hdf5plugin 1.1-1.9x).
+DEFAULT = "none"
 BLOSC_NAMES = ("lz4", "lz4hc", "blosclz", "zlib", "zstd")
 NAMES = "none, gzip, gzip:N (0-9), lzf, blosc:lz4, blosc:zstd, blosc:NAME:N, zstd, zstd:N"
 

@@ -17,6 +17,7 @@ import lucid
 from lucid.io import LucidIOError, detect_format, open_sink, open_source, sink_name
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.base import Source, pooling_matrix
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine
@@ -84,7 +85,7 @@ def pool3d_file(
     indices_out=None,
     out_dtype=None,
     grad_dtype="float32",
-    compression: str = "gzip",
+    compression: str = DEFAULT_COMPRESSION,
     memory_limit=DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
     force: bool = False,
