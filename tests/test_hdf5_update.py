@@ -212,3 +212,40 @@ def test_a_file_deleted_or_replaced_during_the_run_is_not_overwritten(tmp_path, 
     with h5py.File(path, "r") as f:
         assert "y" not in f
     assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_while_copying_the_file_leaves_it_alone(tmp_path, monkeypatch):
+    import errno
+
+    from lucid.io import atomic
+
+    def no_space(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "clone_file", no_space)
+    path = rich_file(tmp_path / "a.h5")
+    before = path.read_bytes()
+    with pytest.raises(LucidIOError, match="no space left") as info:
+        write_sink(f"{path}:/y", volume())
+    assert "a.h5" in str(info.value)
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("way", ["best", "copy_file_range", "copyfile"])
+def test_clone_file_copies_every_byte(tmp_path, monkeypatch, way):
+    from lucid.io import copy as copy_mod
+
+    if way != "best":
+        monkeypatch.setattr(copy_mod, "_reflink", lambda fd_in, fd_out: False)
+    if way == "copyfile":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    payload = np.random.default_rng(0).bytes(3 * 1024 * 1024 + 17)
+    src.write_bytes(payload)
+    dst.write_bytes(b"")
+    used = copy_mod.clone_file(src, dst)
+    assert dst.read_bytes() == payload
+    assert used in (("reflink", "copy_file_range", "copyfile") if way == "best" else (way,))

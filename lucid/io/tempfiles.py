@@ -110,7 +110,7 @@ def clean_stale(directory: str | os.PathLike, *, dry_run: bool = False) -> Clean
 
 
 def _owner_alive(pid: int, path: str) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
         return True
     try:
         os.kill(pid, 0)
