@@ -154,3 +154,24 @@ def test_two_real_runs_race_for_one_output(tmp_path, suffix):
     expected = volume((32, 64, 64), seed=winner).reshape(16, 2, 32, 2, 32, 2).max(axis=(1, 3, 5))
     np.testing.assert_array_equal(read_back(out), expected)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_two_real_forced_runs_leave_one_whole_output(tmp_path, suffix):
+    """With --force: NIfTI, the last rename wins; HDF5, the later run fails if the file appeared
+    under it (it might hold other datasets) or replaces the dataset. Never a mix of the two."""
+    inputs = [write_h5(tmp_path / f"in{i}.h5", volume((32, 64, 64), seed=i)) for i in range(2)]
+    out = tmp_path / ("out" + suffix)
+    procs = [subprocess.Popen(_pool_cmd(p, out, "-f"), env=cli_env(), stderr=subprocess.PIPE, text=True)
+             for p in inputs]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    if suffix != ".h5":
+        assert [code for code, _ in results] == [0, 0], results
+    else:
+        assert 0 in [code for code, _ in results], results
+        assert all(code == 0 or "appeared during the run" in err for code, err in results), results
+    got = read_back(out)
+    candidates = [volume((32, 64, 64), seed=i).reshape(16, 2, 32, 2, 32, 2).max(axis=(1, 3, 5)) for i in range(2)]
+    assert any(np.array_equal(got, c) for c in candidates)
+    assert leftovers(tmp_path) == []
