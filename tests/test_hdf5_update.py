@@ -249,3 +249,19 @@ def test_clone_file_copies_every_byte(tmp_path, monkeypatch, way):
     used = copy_mod.clone_file(src, dst)
     assert dst.read_bytes() == payload
     assert used in (("reflink", "copy_file_range", "copyfile") if way == "best" else (way,))
+
+
+def test_a_change_to_a_symlinked_file_during_the_run_is_noticed(tmp_path):
+    real = rich_file(tmp_path / "real.h5")
+    link = tmp_path / "link.h5"
+    link.symlink_to(real.name)
+    sink = write_sink(f"{link}:/y", volume())
+    sink.prepare()
+    with h5py.File(real, "a") as f:
+        f.create_dataset("theirs", data=np.arange(3))
+    with pytest.raises(LucidIOError, match="changed by another process"):
+        sink.commit()
+    with h5py.File(real, "r") as f:
+        assert "theirs" in f and "y" not in f
+    assert link.is_symlink()
+    assert leftovers(tmp_path) == []

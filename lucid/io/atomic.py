@@ -169,9 +169,11 @@ def check_destination(
 
 
 def _stamp(path: str | os.PathLike) -> tuple | None:
-    """What tells one state of a file from another: device, inode, size, mtime (None if absent)."""
+    """What tells one state of a file from another: device, inode, size, mtime (None if absent).
+
+    Symlinks are followed: for a destination reached through one, the file that was copied counts."""
     try:
-        st = os.lstat(path)
+        st = os.stat(path)
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
