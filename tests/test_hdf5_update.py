@@ -265,3 +265,15 @@ def test_a_change_to_a_symlinked_file_during_the_run_is_noticed(tmp_path):
         assert "theirs" in f and "y" not in f
     assert link.is_symlink()
     assert leftovers(tmp_path) == []
+
+
+def test_through_a_symlink_the_linked_file_gets_the_dataset(tmp_path):
+    (tmp_path / "data").mkdir()
+    real = rich_file(tmp_path / "data" / "real.h5")
+    link = tmp_path / "link.h5"
+    link.symlink_to(real)
+    write_sink(f"{link}:/y", volume()).commit()
+    assert link.is_symlink()
+    with h5py.File(real, "r") as f:
+        assert "y" in f and "x" in f
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "data") == []

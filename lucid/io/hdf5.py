@@ -559,6 +559,8 @@ def hdf5_output_target(path, dataset: str, *, force: bool, protect=(), expected_
     Into an existing HDF5 file the target is an updated copy of it (``update=True``)."""
     file = os.path.abspath(os.fspath(path))
     update, _exists, rest = check_hdf5_output(path, dataset, force=force, protect=protect, shown=shown)
+    if update:
+        file = os.path.realpath(file)  # through a symlink, the linked file gets the dataset; the link stays
     # The copy of an updated file is not counted in expected_bytes: a reflink needs no space, and a
     # full disk during the copy (before any work) is reported as such and leaves the file alone.
     # A file that appears during the run may hold other datasets: it is never replaced, even with force.
