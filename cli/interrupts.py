@@ -1,4 +1,9 @@
-"""Ctrl-C and SIGTERM as stop requests, honoured where stopping is safe.
+"""Ctrl-C, SIGTERM and the other terminating signals as stop requests, honoured where stopping is safe.
+
+SIGHUP (a closed terminal, ``timeout -s HUP``), SIGQUIT (Ctrl-\\), SIGUSR1/2,
+SIGALRM and SIGXCPU would end the process by default without removing its
+temporary files; here they end the run as SIGTERM does, exit status 128 + the
+signal number.  SIGKILL cannot be caught: see ``lucid clean``.
 
 Raising from a signal handler at an arbitrary bytecode is not safe here: inside
 h5py's file-object callbacks the exception is swallowed or turned into an I/O
@@ -17,19 +22,34 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXCPU")
+SIGNALS = tuple(getattr(signal, name) for name in _NAMES if hasattr(signal, name))  # Windows has fewer
 
 
 class Terminated(BaseException):
-    """SIGTERM; a BaseException like KeyboardInterrupt, so no ``except Exception`` swallows it."""
+    """A terminating signal other than SIGINT; a BaseException like KeyboardInterrupt,
+    so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    @property
+    def message(self) -> str:
+        name = signal.Signals(self.signum).name
+        return "terminated" if name == "SIGTERM" else f"terminated by {name}"
 
 
 def _exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 class StopRequests:
-    """Records SIGINT/SIGTERM while installed; ``check()`` raises KeyboardInterrupt or Terminated."""
+    """Records the SIGNALS while installed; ``check()`` raises KeyboardInterrupt or Terminated."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

@@ -2,7 +2,8 @@
 
 This layer only parses options, calls the library and reports.  Exit codes:
 0 success, 1 input/runtime error, 2 usage error, 130 Ctrl-C, 141 broken pipe,
-143 SIGTERM.  Every error is one ``Error: ...`` line on stderr (a traceback
+143 SIGTERM (128 + N for the other terminating signals: 129 SIGHUP, 131 SIGQUIT,
+...).  Every error is one ``Error: ...`` line on stderr (a traceback
 too with ``lucid --debug``); signals are handled as in ``interrupts``.
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -20,6 +22,8 @@ import lucid
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import check_destination, file_identity
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
+from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import resources
 from lucid.stream.api import PaddingValueError, pool3d_file, pool_spec
@@ -78,8 +82,8 @@ class LucidGroup(click.Group):
             return self._error(_one_line(exc.format_message()), exc.exit_code, argv)
         except (click.Abort, KeyboardInterrupt):  # a second Ctrl-C outside the command
             return self._error("interrupted", EXIT_INTERRUPT, argv)
-        except Terminated:
-            return self._error("terminated", EXIT_TERM, argv)
+        except Terminated as exc:
+            return self._error(exc.message, exc.exit_code, argv)
 
     def _error(self, message: str, code: int, argv: list[str]) -> int:
         """The ``Error:`` line, and with ``--json`` on the command line the error object on stdout."""
@@ -144,7 +148,7 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPT
     if isinstance(exc, Terminated):
-        return "terminated", EXIT_TERM
+        return exc.message, exc.exit_code
     if isinstance(exc, PaddingValueError):  # the way out in this command's own terms
         return _one_line(f"{exc.problem}; use --padding-mode ignore or no padding"), EXIT_FAILURE
     if isinstance(exc, LucidIOError):  # names its file already
@@ -185,20 +189,31 @@ def _check_dataset(path: str | None, dataset: str | None, flag: str) -> None:
         raise click.UsageError(f"{path} names dataset {in_path} but {flag} says {dataset}; give one")
 
 
-def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
-    """No output may be an input or another output (the same file under any name, hard links too)."""
+def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None],
+                 datasets: dict[str, str | None] | None = None) -> None:
+    """No output may be an input or another output (the same file under any name, hard links too).
+
+    Another dataset of an HDF5 input file is a legitimate output (the input is
+    only read); when the input's dataset is not named, the library decides."""
+    datasets = datasets or {}
 
     def identity(p: str):
         return file_identity(detect_format(p)[1])
 
-    given = [(identity(p), label) for label, p in inputs.items() if p is not None]
+    def dataset(label: str, p: str) -> str | None:
+        fmt, _file, in_path = detect_format(p)
+        named = datasets.get(label) or in_path
+        return None if fmt != "hdf5" or named is None else "/" + named.strip("/")
+
+    given = [(identity(p), label, dataset(label, p)) for label, p in inputs.items() if p is not None]
     seen: dict = {}
     for label, path in outputs.items():
         if path is None:
             continue
         key = identity(path)
-        for in_key, in_label in given:
-            if key == in_key:
+        out_ds = dataset(label, path)
+        for in_key, in_label, in_ds in given:
+            if key == in_key and (out_ds is None or out_ds == in_ds):
                 raise click.UsageError(f"{label} {path} is the {in_label} file; choose another output name")
         if key in seen:
             raise click.UsageError(f"{label} {path} is the same file as {seen[key]}")
@@ -228,10 +243,12 @@ def main(ctx: click.Context, debug: bool) -> None:
       lucid info sample_data/ct_phantom.nii.gz
       lucid pool3d sample_data/ct_phantom.nii.gz ct_pooled.nii.gz -k 2
       lucid pool3d sample_data/video_clip.h5 clip_pooled.h5 -k 2x2x2 --dry-run
+      lucid clean pooled/        # temporary files of killed runs
 
     \b
     Exit codes: 0 ok, 1 input or runtime error, 2 usage error,
-    130 interrupted (Ctrl-C), 141 broken pipe, 143 terminated (SIGTERM).
+    130 interrupted (Ctrl-C), 141 broken pipe, 143 terminated (SIGTERM;
+    128 + N for signal N: 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1).
     """
     ctx.meta["lucid.debug"] = debug
 
@@ -277,8 +294,10 @@ Examples:
                    "[default: HDF5 dimension labels, else dhw/cdhw/ncdhw; NIfTI xyz + tuvw].")
 @click.option("--dataset", metavar="PATH", help="HDF5 input dataset (or INPUT as file.h5:/PATH).")
 @click.option("--out-dataset", metavar="PATH", help="HDF5 output dataset [default: the input's name, or /data].")
-@click.option("--compression", default="gzip", show_default=True, metavar="CODEC", callback=opt.compression_text,
-              help="HDF5: gzip, gzip:N (level 0-9), lzf or none; .nii.gz is always gzip (level N if given).")
+@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
+              callback=opt.compression_text,
+              help="HDF5: none, gzip, gzip:N (level 0-9), lzf; with hdf5plugin also blosc:lz4, blosc:zstd, zstd, "
+                   "zstd:N. .nii.gz is always gzip (level N if given).")
 @click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
               help="Output dtype, e.g. float32 [default: the input's].")
 @click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
@@ -311,7 +330,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     _check_dataset(output, out_dataset, "--out-dataset")
     _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
     outputs = {"OUTPUT": output, "--grad-out": grad_out, "--indices-out": indices_out}
-    _check_files({"INPUT": input, "--grad-in": grad_in}, outputs)
+    _check_files({"INPUT": input, "--grad-in": grad_in}, outputs, {"INPUT": dataset, "OUTPUT": out_dataset})
     ctx.meta["lucid.input"] = input
     early = _machine_warnings(threads, memory_limit)  # said now, not after a long run
     for text in early:
@@ -428,6 +447,39 @@ def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, 
 
 
 main.add_command(preview_command)
+
+
+CLEAN_HELP = """Remove the temporary files that killed lucid runs left in DIR.
+
+A run writes its outputs to hidden files named .NAME.lucid-tmp-PID-HOST-XXXXXX
+beside them and removes them on success, on errors and on every signal it can
+catch. SIGKILL, a crash or a power cut leave them behind. This removes those
+whose process (PID, on this machine) no longer runs; any run into DIR does the
+same on the way. Files of running processes and of other machines are kept.
+
+\b
+Examples:
+  lucid clean pooled/
+  lucid clean . --dry-run
+"""
+
+
+@main.command("clean", help=CLEAN_HELP, no_args_is_help=True)
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing (errors still show).")
+@click.pass_context
+def clean(ctx: click.Context, directory: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    ctx.meta["lucid.input"] = directory
+    found = clean_stale(directory, dry_run=dry_run)
+    if as_json:
+        _print_json({**asdict(found), "dry_run": dry_run})
+    elif not quiet:
+        _echo_lines(report.clean_lines(found, dry_run), err=False)
+    if found.failed:
+        raise Failure(f"{directory}: could not remove {len(found.failed)} stale temporary file"
+                      f"{'s' if len(found.failed) > 1 else ''}: {', '.join(found.failed)}")
 
 
 if __name__ == "__main__":  # python -m lucid_cli.main

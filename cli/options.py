@@ -10,12 +10,12 @@ import numpy as np
 
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import human_bytes
+from lucid.io.compression import CompressionError, parse_codec
 from lucid.io.layout import parse_layout
 from lucid.stream.api import MAX_AXIS_VALUE
 from lucid.stream.plan import parse_size
 
 _SEPARATORS = re.compile(r"[,x]")
-_COMPRESSION = re.compile(r"^(none|lzf|gzip(:[0-9])?)$")
 MIN_MEMORY_LIMIT = 1 << 20  # below this nothing useful fits; Python and the libraries alone take ~55 MiB
 
 
@@ -109,7 +109,7 @@ def axes_text(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def compression_text(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    text = value.strip().lower()
-    if not _COMPRESSION.match(text):
-        raise click.BadParameter(f"{value!r}: use gzip, gzip:N (N = 0-9), lzf or none")
-    return text
+    try:
+        return str(parse_codec(value))
+    except CompressionError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from lucid.io.atomic import human_bytes
@@ -224,3 +225,13 @@ def _hdf5_lines(v: dict[str, Any]) -> list[str]:
     for i, (key, value) in enumerate(v["attrs"].items()):
         out.append(line("attributes" if i == 0 else "", f"{key} = {_attr(value)}"))
     return out
+
+
+def clean_lines(found, dry_run: bool) -> list[str]:
+    """What ``lucid clean`` did (``found`` is a lucid.io.tempfiles.CleanReport)."""
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {os.path.join(found.directory, name)}" for name in found.removed]
+    lines.append(f"{found.directory}: {verb} {len(found.removed)} stale temporary file"
+                 f"{'' if len(found.removed) == 1 else 's'}"
+                 + (f", kept {len(found.kept)} of running processes or other machines" if found.kept else ""))
+    return lines

@@ -65,8 +65,11 @@ def nifti_bytes(data=None, gz=False) -> bytes:
     return gzip.compress(raw, mtime=0) if gz else raw
 
 
+UNAVAILABLE_FILTER = 300  # HDF5 keeps 256-511 for testing: no plugin provides it (hdf5plugin provides blosc)
+
+
 def write_unavailable_filter_h5(path, data=None) -> Path:
-    """A chunked dataset whose pipeline needs filter 32001 (blosc), absent here.
+    """A chunked dataset whose pipeline needs filter 300, which no HDF5 installation has.
 
     h5py's ``allow_unknown_filter`` creates the dataset; ``write_direct_chunk``
     stores raw chunks with filter_mask 0 ("the filter was applied"), so reading
@@ -75,7 +78,7 @@ def write_unavailable_filter_h5(path, data=None) -> Path:
     data = volume() if data is None else data
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("data", shape=data.shape, dtype=data.dtype, chunks=(4, 4, 4),
-                              compression=32001, compression_opts=(0, 0, 0, 0, 4, 1, 1),
+                              compression=UNAVAILABLE_FILTER, compression_opts=(0, 0, 0, 0, 4, 1, 1),
                               allow_unknown_filter=True)
         for i in range(0, data.shape[0], 4):
             for j in range(0, data.shape[1], 4):

@@ -415,8 +415,12 @@ def _wait_for_temp_files(proc: subprocess.Popen, out: Path, timeout: float = 30)
     pytest.fail("no temporary output appeared")
 
 
-@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
-                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum,code,word", [
+    (signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"),
+    # default action "terminate" without cleanup: a closed terminal, `timeout -s HUP`, Ctrl-\, kill -USR1
+    (signal.SIGHUP, 129, "terminated by SIGHUP"), (signal.SIGQUIT, 131, "terminated by SIGQUIT"),
+    (signal.SIGUSR1, 138, "terminated by SIGUSR1"),
+], ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1"])
 def test_signal_mid_run_leaves_nothing_and_a_rerun_succeeds(tmp_path, long_input, signum, code, word):
     src, digest = long_input
     (tmp_path / "out").mkdir()
@@ -439,9 +443,9 @@ def test_signal_mid_run_leaves_nothing_and_a_rerun_succeeds(tmp_path, long_input
     assert file_hash(src) == digest
 
 
-def test_sigkill_leaves_only_a_hidden_temporary_file(tmp_path, long_input):
+def test_sigkill_leaves_only_a_hidden_temporary_file_that_lucid_clean_removes(tmp_path, long_input):
     """SIGKILL cannot be caught: the destination never appears, the hidden
-    ``.o.h5.lucid-tmp-*`` stays behind (documented), and a rerun is not disturbed by it."""
+    ``.o.h5.lucid-tmp-PID-*`` stays behind (documented) until ``lucid clean`` or the next run."""
     src, digest = long_input
     (tmp_path / "out").mkdir()
     proc = _start(tmp_path, src)
@@ -449,10 +453,14 @@ def test_sigkill_leaves_only_a_hidden_temporary_file(tmp_path, long_input):
     proc.kill()
     proc.communicate(timeout=30)
     left = sorted(os.listdir(tmp_path / "out"))
-    assert left and all(n.startswith((".o.h5.lucid-tmp-", ".g.h5.lucid-tmp-")) for n in left), left
+    assert left and all(n.startswith((f".o.h5.lucid-tmp-{proc.pid}-", f".g.h5.lucid-tmp-{proc.pid}-"))
+                        for n in left), left
     assert file_hash(src) == digest
-    for n in left:
-        os.unlink(tmp_path / "out" / n)
+    cleaned = subprocess.run(cli_argv("clean", "out"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                             timeout=60)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"removed {len(left)} stale temporary files" in cleaned.stdout
+    assert os.listdir(tmp_path / "out") == []
 
 
 # ---------------------------------------------------------------- concurrency

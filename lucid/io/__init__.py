@@ -17,6 +17,7 @@ import numpy as np
 
 from lucid.io.array import ArraySink, ArraySource, check_dtype
 from lucid.io.atomic import AtomicTarget
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.base import Layout, LayoutError, LucidIOError, Sink, Source, VolumeMeta, pooling_matrix
 from lucid.io.layout import default_axes, nifti_axis_order, parse_layout
 
@@ -191,7 +192,7 @@ def open_sink(
     pooling=None,
     kind: str = "output",
     dataset: str | None = None,
-    compression: str = "gzip",
+    compression: str = DEFAULT_COMPRESSION,
     force: bool = False,
     slab_rows: int | None = None,
     provenance: dict | None = None,

@@ -3,14 +3,24 @@
 :class:`AtomicTarget` does every check a sink needs *before* any work starts
 (destination exists without force, destination is an input, missing or
 read-only directory, a directory in the way) and creates the temporary file
-``.<name>.lucid-tmp-<random>`` in the destination directory, so the final
-``os.replace`` is atomic (same file system).  ``commit()`` fsyncs the file,
-renames it over the destination and fsyncs the directory; ``abort()`` deletes
-it.  An existing destination is only replaced by ``commit()``.
+(or, with ``is_dir=True``, directory) ``.<name>.lucid-tmp-<pid>-<host>-<random>``
+in the destination directory (see ``lucid.io.tempfiles``), so the final rename
+is atomic (same file system).  ``commit()`` fsyncs the file, renames it into
+place and fsyncs the directory; ``abort()`` deletes it.
+
+The rename at commit decides again, atomically, what the check at the start
+decided: without ``force`` it never replaces a destination that appeared
+during the run (``renameat2(RENAME_NOREPLACE)``, see ``lucid.io.rename``); with
+``force`` it replaces it, so of two concurrent forced runs the last rename
+wins and each leaves a whole output, never a mix.  With ``update=True`` the
+temporary file starts as a copy of the existing destination (an HDF5 file
+that gets one more dataset) and commit replaces the destination only if it
+is still the very file that was copied, ``force`` or not.
 
 Temporary files that are neither committed nor aborted when the interpreter
-exits are removed by an ``atexit`` hook; a process killed with SIGKILL leaves
-its hidden ``.lucid-tmp-`` file behind.
+exits are removed by an ``atexit`` hook; those of a process killed with
+SIGKILL are removed by the next ``AtomicTarget`` in that directory, or by
+``lucid.io.tempfiles.clean_stale`` (``lucid clean DIR``).
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ import atexit
 import math
 import errno
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -27,19 +36,28 @@ from typing import Iterable
 import numpy as np
 
 from lucid.io.base import LucidIOError, Sink, box_shape, normalize_index
+from lucid.io.copy import clone_file
+from lucid.io.rename import rename_exchange, rename_noreplace
+from lucid.io.tempfiles import TMP_MARK, clean_stale, make_temp, temp_name
 
-TMP_MARK = ".lucid-tmp-"
 _LIVE: set[str] = set()
 
 
 @atexit.register
 def _remove_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
     for path in list(_LIVE):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _remove_path(path)
     _LIVE.clear()
+
+
+def _remove_path(path: str | os.PathLike) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -84,42 +102,43 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def make_temp_path(directory: Path, name: str, mark: str = TMP_MARK) -> tuple[Path, int]:
-    """Create (O_EXCL) a hidden temporary file in ``directory``; returns (path, fd)."""
-    for _ in range(100):
-        path = directory / f".{name}{mark}{secrets.token_hex(4)}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        _LIVE.add(os.fspath(path))
-        return path, fd
-    raise FileExistsError(f"could not create a temporary file in {directory}")  # pragma: no cover
+    """Create (O_EXCL) a hidden temporary file in ``directory``; returns (path, fd).
+
+    The name fits in NAME_MAX whatever ``name`` is, and names this process
+    (``lucid.io.tempfiles``); it is removed at exit unless committed."""
+    path, fd = make_temp(directory, name, mark)
+    _LIVE.add(os.fspath(path))
+    return path, fd
 
 
 def remove_quietly(path: str | os.PathLike | None) -> None:
+    """Remove a temporary file (or directory tree); no error if it is gone."""
     if path is None:
         return
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass
+    _remove_path(path)
     _LIVE.discard(os.fspath(path))
+
+
+def protected_path(entry) -> str | os.PathLike | None:
+    """The file of a ``protect`` entry: a path, or a ``(path, dataset)`` pair (an HDF5 input)."""
+    return entry[0] if isinstance(entry, tuple) else entry
 
 
 def check_destination(
     dest: str | os.PathLike,
     *,
     force: bool = False,
-    protect: Iterable[str | os.PathLike | None] = (),
+    protect: Iterable = (),
     expected_bytes: int | None = None,
+    is_dir: bool = False,
+    update: bool = False,
 ) -> None:
     """Raise ``LucidIOError`` if an output could not be written to ``dest``.
 
     The directory must exist and be writable; an existing ``dest`` must be a
-    file, none of the ``protect`` files (inputs), and is replaced only with
-    ``force``; ``expected_bytes`` must fit on the disk."""
+    file (a directory for ``is_dir``), none of the ``protect`` files (inputs),
+    and is replaced only with ``force`` (``update``: it is updated, the caller
+    decides); ``expected_bytes`` must fit on the disk."""
     display = os.fspath(dest)
     path = Path(os.path.abspath(display))
     directory = path.parent
@@ -131,14 +150,15 @@ def check_destination(
     if not directory.is_dir():
         raise LucidIOError(f"{display}: {shown_dir} is not a directory")
     if os.path.lexists(path):
-        if os.path.isdir(path):
-            raise LucidIOError(f"{display}: output is a directory")
-        for other in protect:
+        if os.path.isdir(path) != is_dir:
+            raise LucidIOError(f"{display}: output is {'not ' if is_dir else ''}a directory")
+        for entry in protect:
+            other = protected_path(entry)
             if other is not None and same_file(path, other):
                 raise LucidIOError(
                     f"{display}: output is the input file {os.fspath(other)}; choose another output name"
                 )
-        if not force:
+        if not (force or update):
             raise LucidIOError(f"{display}: output exists, use --force to replace it")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise LucidIOError(f"{display}: output directory {shown_dir} is not writable")
@@ -151,35 +171,87 @@ def check_destination(
             )
 
 
+def _stamp(path: str | os.PathLike) -> tuple | None:
+    """What tells one state of a file from another: device, inode, size, mtime (None if absent).
+
+    Symlinks are followed: for a destination reached through one, the file that was copied counts."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class AtomicTarget:
-    """A destination path plus the temporary file that becomes it on ``commit``."""
+    """A destination path plus the temporary file (or directory) that becomes it on ``commit``.
+
+    ``force``: replace a destination that exists (at the start or at commit).
+    ``is_dir``: the temporary target is a directory (a Zarr store, say).
+    ``update``: start from a copy of the existing destination file; commit
+    only if the destination is still that file.  ``cleaned`` lists the stale
+    temporary files of dead processes removed from the directory on the way.
+    """
 
     def __init__(
         self,
         dest: str | os.PathLike,
         *,
         force: bool = False,
-        protect: Iterable[str | os.PathLike | None] = (),
+        protect: Iterable = (),
         expected_bytes: int | None = None,
+        is_dir: bool = False,
+        update: bool = False,
     ):
         self.display = os.fspath(dest)
         self.dest = Path(os.path.abspath(os.fspath(dest)))
+        self.force = force
+        self.is_dir = is_dir
         self.committed = False
         self.aborted = False
         self.synced = False  # the finished temporary file is on disk (sync())
         self._unsynced = 0  # bytes written since the last flush to disk
-        check_destination(dest, force=force, protect=protect, expected_bytes=expected_bytes)
+        self.base: tuple | None = None  # update: the stamp of the file the temporary copy was made from
+        self.cleaned: list[str] = []
+        protect = list(protect)
+        check_destination(dest, force=force, protect=protect, expected_bytes=expected_bytes, is_dir=is_dir,
+                          update=update)
         directory = self.dest.parent
         shown_dir = os.path.dirname(self.display) or "."
+        self.cleaned = _clean_quietly(directory)
         try:
-            self.tmp, fd = make_temp_path(directory, self.dest.name)
+            self.tmp, fd = make_temp(directory, self.dest.name, is_dir=is_dir)
+            _LIVE.add(os.fspath(self.tmp))
         except PermissionError:
             raise LucidIOError(f"{self.display}: output directory {shown_dir} is not writable") from None
         except OSError as exc:
             if is_no_space(exc):
                 raise no_space_error(self.display) from None
             raise LucidIOError(f"{self.display}: cannot create a file in {shown_dir}: {exc.strerror or exc}") from None
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+        if update and not is_dir:
+            self._copy_existing(shown_dir)
+
+    def _copy_existing(self, shown_dir: str) -> None:
+        """Make the temporary file a copy of the destination (if it exists), remembering which file it was."""
+        before = _stamp(self.dest)
+        if before is None:
+            return
+        try:
+            clone_file(self.dest, self.tmp)
+            shutil.copymode(self.dest, self.tmp)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                if is_no_space(exc):
+                    raise no_space_error(self.display, exc) from None
+                raise LucidIOError(f"{self.display}: cannot copy the existing file to update it: "
+                                   f"{exc.strerror or exc}") from None
+            raise
+        if _stamp(self.dest) != before:
+            self.abort()
+            raise LucidIOError(f"{self.display}: the file changed while it was copied; try again")
+        self.base = before
 
     @property
     def active(self) -> bool:
@@ -193,7 +265,7 @@ class AtomicTarget:
         The writer thread pays for durability while the reader and the kernels
         keep working, instead of one long fsync at commit."""
         self._unsynced += nbytes
-        if self._unsynced < self.SYNC_EVERY:
+        if self._unsynced < self.SYNC_EVERY or self.is_dir:
             return
         self._unsynced = 0
         try:
@@ -212,7 +284,8 @@ class AtomicTarget:
 
         This is where a full disk shows up at the end (delayed allocation), so a
         caller with several outputs syncs them all before committing any; on
-        failure the temporary file is removed."""
+        failure the temporary file is removed.  A directory target is synced
+        by its writer (file by file); here only the directory itself."""
         if self.synced or self.committed:
             return
         if self.aborted:
@@ -231,14 +304,29 @@ class AtomicTarget:
         self.synced = True
 
     def commit(self) -> None:
-        """fsync the finished temporary file (unless ``sync`` did) and rename it over the destination."""
+        """fsync the finished temporary file (unless ``sync`` did) and rename it into place.
+
+        Without ``force`` a destination that appeared since the start is left
+        alone (LucidIOError); with ``update`` the destination must still be the
+        file that was copied."""
         if self.committed:
             return
         if self.aborted:
             raise LucidIOError(f"{self.display}: cannot commit an aborted output")
         self.sync()
         try:
-            os.replace(self.tmp, self.dest)
+            if self.base is not None:
+                self._replace_if_unchanged()
+            elif self.force and not self.is_dir:
+                os.replace(self.tmp, self.dest)
+            elif self.force:
+                self._replace_directory()
+            else:
+                rename_noreplace(self.tmp, self.dest)
+        except FileExistsError:
+            self.abort()
+            raise LucidIOError(f"{self.display}: output appeared during the run (another process wrote it) "
+                               f"and was left alone; run again, with --force to replace it") from None
         except OSError as exc:
             self.abort()
             if is_no_space(exc):
@@ -248,12 +336,62 @@ class AtomicTarget:
         self.committed = True
         _fsync_dir(self.dest.parent)
 
+    def _replace_if_unchanged(self) -> None:
+        """Put the updated copy in place only if the destination is still the file it was copied from.
+
+        With RENAME_EXCHANGE the check comes after an atomic swap (and swaps
+        back on a mismatch), so no change made by another process in between
+        is lost; elsewhere it comes just before the rename."""
+        try:
+            swapped = rename_exchange(self.tmp, self.dest)
+        except FileNotFoundError:  # the file was deleted meanwhile
+            raise self._changed() from None
+        if swapped:
+            if _stamp(self.tmp) == self.base:  # the swapped-out file is the one we copied
+                _remove_path(self.tmp)
+                return
+            rename_exchange(self.tmp, self.dest)
+            raise self._changed()
+        if _stamp(self.dest) != self.base:
+            raise self._changed()
+        os.replace(self.tmp, self.dest)
+
+    def _changed(self) -> LucidIOError:
+        self.abort()
+        return LucidIOError(f"{self.display}: the file was changed by another process during the run; "
+                            f"it was left as that process wrote it")
+
+    def _replace_directory(self) -> None:
+        """``force`` for a directory: swap it in atomically, then delete the old tree."""
+        if not os.path.lexists(self.dest):
+            try:
+                rename_noreplace(self.tmp, self.dest)
+                return
+            except FileExistsError:
+                pass  # appeared meanwhile: replace it below
+        if rename_exchange(self.tmp, self.dest):
+            _remove_path(self.tmp)  # now the old tree
+            return
+        aside = self.dest.parent / temp_name(self.dest.name)
+        os.rename(self.dest, aside)  # without RENAME_EXCHANGE there is an instant with no destination
+        _LIVE.add(os.fspath(aside))
+        os.rename(self.tmp, self.dest)
+        remove_quietly(aside)
+
     def abort(self) -> None:
         """Remove the temporary file; idempotent."""
         if self.committed or self.aborted:
             return
         self.aborted = True
         remove_quietly(self.tmp)
+
+
+def _clean_quietly(directory: Path) -> list[str]:
+    """Remove stale temporary files of dead lucid processes; never fails a run."""
+    try:
+        return clean_stale(directory).removed
+    except OSError:
+        return []
 
 
 def _fsync_dir(directory: Path) -> None:

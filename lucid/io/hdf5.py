@@ -20,8 +20,8 @@ Chunk cache
 Writing
     ``HDF5Sink`` writes one chunked dataset into a temporary file (see
     ``lucid.io.atomic``); chunks are one slab-divisor thick along the slab
-    axis, gzip (default level 1, ``"gzip:N"`` for another) + shuffle, or
-    ``"lzf"``, or ``"none"``.  Source attributes and dimension labels are
+    axis, compressed as ``lucid.io.compression`` parses ``compression``
+    (default gzip level 1 + shuffle).  Source attributes and dimension labels are
     copied; ``element_size_um`` is multiplied by the stride and an ``affine``
     attribute (4x4, mm) is updated to the output grid; provenance attributes
     are prefixed ``lucid_``.
@@ -36,8 +36,9 @@ import os
 import h5py
 import numpy as np
 
-from lucid.io.atomic import AtomicTarget, FileSink, is_no_space, no_space_error
+from lucid.io.atomic import AtomicTarget, FileSink, check_destination, is_no_space, no_space_error, same_file
 from lucid.io.array import check_dtype, check_shape
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION, Codec, CompressionError, parse_codec
 from lucid.io.base import (
     check_input_file,
     one_line,
@@ -467,25 +468,12 @@ def _fmt_box(index) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def parse_compression(compression: str | None, name: str) -> tuple[str | None, int | None]:
-    """'gzip', 'gzip:N', 'lzf', 'none' -> (h5py compression, level)."""
-    text = (compression or "none").strip().lower()
-    if text in ("none", "no", "off", ""):
-        return None, None
-    if text == "lzf":
-        return "lzf", None
-    if text.startswith("gzip"):
-        level = 1
-        rest = text[4:].lstrip(":=-")
-        if rest:
-            try:
-                level = int(rest)
-            except ValueError:
-                level = -1
-            if not 0 <= level <= 9:
-                raise LucidIOError(f"{name}: gzip level must be 0-9, got {compression!r}")
-        return "gzip", level
-    raise LucidIOError(f"{name}: unknown compression {compression!r} (use gzip, gzip:N, lzf or none)")
+def parse_compression(compression: str | None, name: str) -> Codec:
+    """The codec for ``compression`` (see ``lucid.io.compression``); LucidIOError naming the output."""
+    try:
+        return parse_codec(compression)
+    except CompressionError as exc:
+        raise LucidIOError(f"{name}: {exc}") from None
 
 
 def choose_chunks(shape, itemsize: int, slab_axis: int, slab_rows: int | None, outer_axes=(),
@@ -645,11 +633,81 @@ def dataset_for(dataset: str | None, like: Source) -> str:
     return dataset if dataset.startswith("/") else "/" + dataset
 
 
+def _same_dataset(a: str | None, b: str | None) -> bool:
+    return a is None or b is None or "/" + a.strip("/") == "/" + b.strip("/")
+
+
+def _existing_dataset(path: str, dataset: str, shown: str) -> bool:
+    """Whether ``dataset`` exists in the HDF5 file ``path`` (a link of any kind counts); refuses a group."""
+    try:
+        with h5py.File(path, "r") as f:
+            parent = dataset.rsplit("/", 1)[0] or "/"
+            if parent != "/" and parent in f and not isinstance(f[parent], h5py.Group):
+                raise LucidIOError(f"{shown}:{dataset}: {parent} is a dataset, not a group")
+            link = f.get(dataset, getlink=True)
+            if link is None:
+                return False
+            if isinstance(link, h5py.HardLink) and isinstance(f[dataset], h5py.Group):
+                raise LucidIOError(f"{shown}:{dataset}: is a group; name a dataset to write")
+            return True
+    except LucidIOError:
+        raise
+    except Exception as exc:
+        raise LucidIOError(f"{shown}: cannot open the existing file to add a dataset: {one_line(exc)}") from None
+
+
+def check_hdf5_output(path, dataset: str, *, force: bool, protect=(), shown: str | None = None) -> tuple[bool, bool, list]:
+    """Refuse what writing dataset ``dataset`` into ``path`` must not do; ``(update, exists, file_protect)``.
+
+    ``update``: ``path`` is an existing HDF5 file, which keeps its other groups,
+    datasets and attributes.  ``exists``: the run needs ``force`` (the dataset,
+    or a file that is not HDF5, is there).  ``protect`` entries ``(file,
+    dataset)`` refuse only that dataset of that file; plain paths refuse the
+    whole file (``file_protect`` is what is left for the file-level checks)."""
+    shown = shown or os.fspath(path)
+    file = os.path.abspath(os.fspath(path))
+    rest = []
+    for entry in protect:
+        if isinstance(entry, tuple) and entry[0] is not None and same_file(entry[0], file):
+            if _same_dataset(entry[1], dataset):
+                raise LucidIOError(f"{shown}:{dataset}: output is the input file {entry[0]} and its dataset "
+                                   f"{entry[1] or dataset}; choose another dataset or file")
+            continue  # another dataset of the input file: the input is only read, from the original
+        rest.append(entry)
+    update = os.path.isfile(file) and h5py.is_hdf5(file)
+    check_destination(file, force=True, protect=rest, update=update)
+    exists = _existing_dataset(file, dataset, shown) if update else os.path.lexists(file)
+    if exists and not force:
+        what = "output dataset exists" if update else "output exists"
+        raise LucidIOError(f"{shown}:{dataset}: {what}, use --force to replace it")
+    return update, exists, rest
+
+
+def hdf5_output_target(path, dataset: str, *, force: bool, protect=(), expected_bytes: int | None = None,
+                       shown: str | None = None) -> AtomicTarget:
+    """The AtomicTarget for dataset ``dataset`` of the HDF5 file ``path`` (see ``check_hdf5_output``).
+
+    Into an existing HDF5 file the target is an updated copy of it (``update=True``)."""
+    file = os.path.abspath(os.fspath(path))
+    update, _exists, rest = check_hdf5_output(path, dataset, force=force, protect=protect, shown=shown)
+    if update:
+        file = os.path.realpath(file)  # through a symlink, the linked file gets the dataset; the link stays
+    # The copy of an updated file is not counted in expected_bytes: a reflink needs no space, and a
+    # full disk during the copy (before any work) is reported as such and leaves the file alone.
+    # A file that appears during the run may hold other datasets: it is never replaced, even with force.
+    replace = force and os.path.lexists(file)
+    return AtomicTarget(file, force=replace, protect=rest, expected_bytes=expected_bytes, update=update)
+
+
 class HDF5Sink(FileSink):
-    """A chunked, compressed HDF5 dataset written box by box into a temporary file."""
+    """A chunked, compressed HDF5 dataset written box by box into a temporary file.
+
+    Into an existing HDF5 file the dataset is added (or, with ``force``,
+    replaced) in a copy of that file, which replaces it at commit: the other
+    objects stay, and a failure leaves the file as it was."""
 
     def __init__(self, path, shape, dtype, *, like: Source, pooling=None, kind: str = "output",
-                 dataset: str | None = None, compression: str = "gzip", force: bool = False,
+                 dataset: str | None = None, compression: str = DEFAULT_COMPRESSION, force: bool = False,
                  slab_rows: int | None = None, provenance: dict | None = None,
                  scale: tuple[float, float] | None = None, protect=(), name: str | None = None):
         shown = name or os.fspath(path)
@@ -658,28 +716,35 @@ class HDF5Sink(FileSink):
         self.dtype = np.dtype(dtype).newbyteorder("=")
         self.kind = kind
         self.layout = like.layout
-        codec, level = parse_compression(compression, shown)
+        codec = parse_compression(compression, shown)
         dataset = dataset_for(dataset, like)
         self.dataset_path = dataset
         self.name = f"{shown}:{dataset}"
-        expected = None if codec else int(np.prod(self.shape)) * self.dtype.itemsize
-        self.target = AtomicTarget(path, force=force, protect=[like.path, *protect], expected_bytes=expected)
+        try:
+            codec_options = codec.dataset_options(self.dtype.itemsize)  # loads hdf5plugin if needed
+        except CompressionError as exc:
+            raise LucidIOError(f"{self.name}: {exc}") from None
+        expected = None if codec.family != "none" else int(np.prod(self.shape)) * self.dtype.itemsize
+        inputs = [(like.path, getattr(like, "dataset_path", None)) if like.path else None, *protect]
+        self.target = hdf5_output_target(path, dataset, force=force, protect=inputs, expected_bytes=expected,
+                                         shown=shown)
         self.path = os.fspath(self.target.dest)
         self.written = 0
         self.file = None
         self._guard = None
         try:
             self._guard = GuardedFile(self.target.tmp)
-            self.file = h5py.File(self._guard, "w")
+            if self.target.base is not None:  # an updated copy of an existing file
+                self.file = h5py.File(self._guard, "r+")
+                if self.file.get(dataset, getlink=True) is not None:
+                    del self.file[dataset]
+            else:
+                self.file = h5py.File(self._guard, "w")
             slab_axis = like.slab_axis
             outer = outer_axes(len(self.shape), like.layout.pooled, slab_axis, like.order)  # one index per write
             chunks = choose_chunks(self.shape, self.dtype.itemsize, slab_axis, slab_rows, outer)
-            kwargs = {}
-            if codec:
-                kwargs.update(compression=codec, shuffle=self.dtype.itemsize > 1)
-                if level is not None:
-                    kwargs["compression_opts"] = level
-            self.ds = self.file.create_dataset(dataset, shape=self.shape, dtype=self.dtype, chunks=chunks, **kwargs)
+            self.ds = self.file.create_dataset(dataset, shape=self.shape, dtype=self.dtype, chunks=chunks,
+                                               **codec_options)
             self._write_metadata(like, pooling, kind, provenance)
             self.file.flush()
             self._check_guard()

@@ -17,6 +17,7 @@ import lucid
 from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
+from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
@@ -89,7 +90,7 @@ def pool3d_file(
     indices_out=None,
     out_dtype=None,
     grad_dtype="float32",
-    compression: str = "gzip",
+    compression: str = DEFAULT_COMPRESSION,
     memory_limit=DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
     force: bool = False,
@@ -172,21 +173,19 @@ def pool3d_file(
         report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
                          out_dataset)
         report.warnings += machine_warnings
-        protect = [f for g in opened for f in g.files()]  # links, VDS sources: every file read
+        protect = [_protected(g, f) for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
         if dry_run:
             report.dry_run = True
-            for target in (output, grad_out, indices_out):  # what the run would refuse, it refuses now
-                if isinstance(target, (str, os.PathLike)):
+            for target, ds in ((output, out_dataset), (grad_out, None), (indices_out, None)):
+                if isinstance(target, (str, os.PathLike)):  # what the run would refuse, it refuses now
                     file = detect_format(target)[1]
                     missing = dirs.missing_dirs(file) if make_dirs else []
                     if missing:  # nothing to check in a directory the run will create
                         dirs.check_creatable(file)
                         report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
                         continue
-                    check_destination(file, force=True, protect=protect)
-                    if not force and os.path.lexists(file):
-                        report.warnings.append(f"{file}: output exists; the run will refuse it without --force")
+                    report.warnings.extend(_dry_run_check(target, ds, source, protect, force))
             return report
 
         provenance = {
@@ -230,6 +229,7 @@ def pool3d_file(
             sink.prepare()
         for sink in sinks:
             sink.commit()
+        report.warnings.extend(_cleaned_notes(sinks))
         sinks.clear()
         created = []  # the outputs are in them now
         report.seconds = stats.seconds
@@ -250,8 +250,6 @@ class PaddingValueError(ValueError):
     def __init__(self, problem: str):
         self.problem = problem  # without the way out, which callers word in their own terms
         super().__init__(f"{problem}; use padding_mode='ignore' or no padding")
-
-
 
 
 def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False, padding_mode="zeros", *,
@@ -276,6 +274,43 @@ def pool_spec(input, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mod
         if max(values) > MAX_AXIS_VALUE:
             raise ValueError(f"{name} must be <= {MAX_AXIS_VALUE}, got {max(values)}")
     return spec
+
+
+def _protected(source: Source, file: str):
+    """A file an input reads, as the sinks protect it: (file, dataset) for the HDF5
+    file holding the input dataset, so its other datasets can be written; other
+    files it reads (external links, VDS sources) whole."""
+    dataset = getattr(source, "dataset_path", None)
+    return (file, dataset) if dataset is not None and file == source.path else file
+
+
+def _dry_run_check(target, dataset: str | None, source: Source, protect: list, force: bool) -> list[str]:
+    """Refuse what the run would refuse; the warnings for what it would need --force for."""
+    fmt, file, in_path = detect_format(target)
+    if fmt == "hdf5":
+        from lucid.io.hdf5 import check_hdf5_output, dataset_for
+
+        ds = dataset_for(dataset if dataset is not None else in_path, source)
+        update, exists, _ = check_hdf5_output(file, ds, force=True, protect=protect)
+        if exists and not force:
+            what = f"{file}:{ds}: output dataset exists" if update else f"{file}: output exists"
+            return [f"{what}; the run will refuse it without --force"]
+        return []
+    check_destination(file, force=True, protect=protect)
+    if not force and os.path.lexists(file):
+        return [f"{file}: output exists; the run will refuse it without --force"]
+    return []
+
+
+def _cleaned_notes(sinks) -> list[str]:
+    removed: dict[str, int] = {}
+    for sink in sinks:
+        target = getattr(sink, "target", None)
+        for _name in getattr(target, "cleaned", ()):
+            directory = os.path.dirname(target.display) or "."
+            removed[directory] = removed.get(directory, 0) + 1
+    return [f"removed {n} stale temporary file{'s' if n > 1 else ''} of killed lucid runs from {d}"
+            for d, n in removed.items()]
 
 
 def padding_rule(source: Source, spec: PoolSpec):
