@@ -36,7 +36,7 @@ def test_keyboard_interrupt_inside_hdf5_callback_is_not_turned_into_an_error(tmp
         opened.append(f)
         return f
 
-    monkeypatch.setattr(hdf5, "open", fake_open, raising=False)
+    monkeypatch.setattr(hdf5.sink, "open", fake_open, raising=False)  # where the sink opens its file
     if when == "close":
         real_finish = hdf5.HDF5Sink._finish
 
