@@ -297,7 +297,11 @@ Examples:
 @click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
               callback=opt.compression_text,
               help="HDF5: none, gzip, gzip:N (level 0-9), lzf; with hdf5plugin also blosc:lz4, blosc:zstd, zstd, "
-                   "zstd:N. .nii.gz is always gzip (level N if given).")
+                   "zstd:N. Zarr: none, gzip[:N], zstd[:N], blosc[:NAME[:N]]. .nii.gz is always gzip.")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None,
+              help="Zarr output format [default: 3].")
+@click.option("--shards", metavar="SHAPE", callback=opt.shards_text,
+              help="Zarr v3 output: shard shape (multiple of the chunks) or auto (one shard per slab).")
 @click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
               help="Output dtype, e.g. float32 [default: the input's].")
 @click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
@@ -321,9 +325,9 @@ Examples:
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
-           out_dtype: str | None, grad_out: str | None, grad_in: str | None, indices_out: str | None,
-           memory_limit: int, threads: int | None, force: bool, make_dirs: bool, dry_run: bool, as_json: bool,
-           quiet: bool, preview: str | None) -> None:
+           zarr_format: str | None, shards, out_dtype: str | None, grad_out: str | None, grad_in: str | None,
+           indices_out: str | None, memory_limit: int, threads: int | None, force: bool, make_dirs: bool,
+           dry_run: bool, as_json: bool, quiet: bool, preview: str | None) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
     _check_dataset(input, dataset, "--dataset")
@@ -344,6 +348,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             dilation=dilation, ceil_mode=ceil_mode, padding_mode=padding_mode, axes=axes,
             dataset=dataset, out_dataset=out_dataset, grad_in=grad_in, grad_out=grad_out,
             indices_out=indices_out, out_dtype=out_dtype, compression=compression,
+            zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
             memory_limit=memory_limit, threads=threads, force=force, make_dirs=make_dirs, progress=STOP.guard(progress), dry_run=dry_run,
         )
     warnings = list(result.warnings)  # a dry run lists outputs that exist

@@ -113,3 +113,19 @@ def compression_text(ctx: click.Context, param: click.Parameter, value: str) -> 
         return str(parse_codec(value))
     except CompressionError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def shards_text(ctx: click.Context, param: click.Parameter, value: str | None):
+    """``--shards auto`` (one shard per slab) or a shape ``64,256,256``."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text == "auto":
+        return True
+    try:
+        shape = tuple(int(v) for v in re.split(r"[,x]", text))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use auto or one positive integer per axis, e.g. 64,256,256") from None
+    if any(v <= 0 for v in shape):
+        raise click.BadParameter(f"{value!r}: shard extents must be positive")
+    return shape

@@ -40,6 +40,8 @@ __all__ = [
     "HDF5Sink",
     "NiftiSource",
     "NiftiSink",
+    "ZarrSource",
+    "ZarrSink",
     "AtomicTarget",
     "parse_layout",
     "default_axes",
@@ -49,7 +51,7 @@ __all__ = [
     "SINK_KINDS",
 ]
 
-SUPPORTED_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nii", ".nii.gz", ".zarr", ".zarr.zip")
 SINK_KINDS = ("output", "gradient", "indices")
 _H5_RE = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf))(?::(?P<ds>.*))?$", re.IGNORECASE | re.DOTALL)
 
@@ -63,6 +65,10 @@ def __getattr__(name):  # lazy: importing lucid.io does not import h5py/nibabel
         from lucid.io import nifti
 
         return getattr(nifti, name)
+    if name in ("ZarrSource", "ZarrSink"):
+        from lucid.io import zarr as zarr_io
+
+        return getattr(zarr_io, name)
     raise AttributeError(f"module 'lucid.io' has no attribute {name!r}")
 
 
@@ -75,6 +81,11 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str, str | None]:
     lower = text.lower()
     if lower.endswith(".nii") or lower.endswith(".nii.gz"):
         return "nifti", text, None
+    from lucid.io.zarr import ZARR_RE
+
+    m = ZARR_RE.match(text)
+    if m and not _H5_RE.match(text):
+        return "zarr", m.group("file"), m.group("ds") or None
     m = _H5_RE.match(text)
     if m:
         ds = m.group("ds") or None
@@ -99,6 +110,10 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
         from lucid.io.nifti import NiftiSource
 
         return NiftiSource(file, axes=axes)
+    if fmt == "zarr":
+        from lucid.io.zarr import ZarrSource
+
+        return ZarrSource(file, dataset if dataset is not None else ds, axes=axes)
     from lucid.io.hdf5 import HDF5Source
 
     return HDF5Source(file, dataset if dataset is not None else ds, axes=axes)
@@ -170,6 +185,9 @@ def sink_name(path, like: Source, dataset: str | None = None) -> str:
     fmt, file, ds = detect_format(path)
     if fmt == "nifti":
         return file
+    if fmt == "zarr":
+        ds = dataset if dataset is not None else ds
+        return file if not ds or ds == "/" else f"{file}:/{ds.strip('/')}"
     from lucid.io.hdf5 import dataset_for
 
     return f"{file}:{dataset_for(dataset if dataset is not None else ds, like)}"
@@ -198,6 +216,8 @@ def open_sink(
     provenance: dict | None = None,
     scale: tuple[float, float] | None = None,
     protect=(),
+    zarr_format: int | None = None,
+    shards=None,
 ) -> Sink:
     """Open an output volume shaped like ``like`` (same axis order), format by ``path``'s suffix.
 
@@ -206,7 +226,8 @@ def open_sink(
     "indices".  ``path`` None (or an ndarray to fill) gives an :class:`ArraySink`.
     The destination must not exist unless ``force``; it must never be ``like``'s
     file or one of ``protect``.  ``slab_rows`` is the number of output rows along
-    ``like.slab_axis`` per write (HDF5 chunks divide it).  ``scale`` overrides the
+    ``like.slab_axis`` per write (HDF5 and Zarr chunks divide it).  ``zarr_format``
+    (2 or 3, default 3) and ``shards`` apply to ``.zarr`` outputs.  ``scale`` overrides the
     NIfTI scl_slope/scl_inter (default: the input's for kind="output", none else).
     """
     if kind not in SINK_KINDS:
@@ -228,6 +249,13 @@ def open_sink(
         if dataset is not None:
             raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
         return NiftiSink(file, shape, dtype, scale=scale, **common)
+    if fmt == "zarr":
+        from lucid.io.zarr import ZarrSink
+
+        if file.lower().endswith(".zip"):
+            raise LucidIOError(f"{file}: zip stores are read-only; write a .zarr directory")
+        return ZarrSink(file, shape, dtype, array=dataset if dataset is not None else ds, scale=scale,
+                        zarr_format=zarr_format, shards=shards, **common)
     from lucid.io.hdf5 import HDF5Sink
 
     return HDF5Sink(file, shape, dtype, dataset=dataset if dataset is not None else ds, scale=scale, **common)

@@ -91,6 +91,8 @@ def pool3d_file(
     out_dtype=None,
     grad_dtype="float32",
     compression: str = DEFAULT_COMPRESSION,
+    zarr_format: int | None = None,
+    shards=None,
     memory_limit=DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
     force: bool = False,
@@ -203,7 +205,7 @@ def pool3d_file(
                                      if isinstance(p, (str, os.PathLike)))
             report.created_dirs = [str(d) for d in created]
         common = dict(like=source, compression=compression, force=force, slab_rows=plan.rows_per_slab,
-                      provenance=provenance, protect=protect)
+                      provenance=provenance, protect=protect, zarr_format=zarr_format, shards=shards)
         out_sink = grad_sink = index_sink = None
         if output is not None:
             out_sink = open_sink(output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=out_dataset, **common)
