@@ -133,8 +133,10 @@ def _attr(value: Any) -> str:
 
 def info_lines(d: dict[str, Any]) -> list[str]:
     """``lucid info`` text: the file, its datasets (HDF5) and the volume that would be pooled."""
-    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    fmt = FORMAT_NAMES.get(d["format"], d["format"])
     v = d["volume"]
+    if v is not None and d["format"] == "zarr":
+        fmt = f"Zarr v{v['zarr_format']}" + (f", OME-Zarr {v['ome']['version']}" if v["ome"] else "")
     if v is not None and d["format"] == "nifti":
         fmt += f"-{v['nifti_version']}"
     out = [line("file", f"{d['path']} ({fmt}, {human_bytes(d['file_bytes'])})")]
@@ -161,6 +163,8 @@ def info_lines(d: dict[str, Any]) -> list[str]:
         out.append(line("scaling", f"scl_slope {number(v['scl_slope'])}, scl_inter {number(v['scl_inter'])}"))
     if d["format"] == "nifti":
         out += _nifti_lines(v)
+    elif d["format"] == "zarr":
+        out += _zarr_lines(v)
     else:
         out += _hdf5_lines(v)
     if v["affine"] is not None:
@@ -170,7 +174,7 @@ def info_lines(d: dict[str, Any]) -> list[str]:
 
 def info_row(d: dict[str, Any]) -> list[str]:
     """One ``lucid info`` line for many files (as nib-ls): name, format, shape, dtype, axes, voxel size."""
-    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    fmt = FORMAT_NAMES.get(d["format"], d["format"])
     v = d["volume"]
     if v is None:
         return [d["path"], fmt, d["note"] or "no volume"]
@@ -207,6 +211,31 @@ def _nifti_lines(v: dict[str, Any]) -> list[str]:
     if v["descrip"]:
         out.append(line("descrip", v["descrip"]))
     out += [line("warning", text) for text in v.get("warnings", ())]
+    return out
+
+
+FORMAT_NAMES = {"hdf5": "HDF5", "nifti": "NIfTI", "zarr": "Zarr"}
+
+
+def _zarr_lines(v: dict[str, Any]) -> list[str]:
+    storage = f"chunks {shape(v['chunks'])}" + (f", shards {shape(v['shards'])}" if v["shards"] else "")
+    storage += ", " + (" ".join(v["codecs"]) or "no codecs")
+    out = [line("storage", storage)]
+    ngff = v["ome"]
+    if ngff:
+        out.append(line("level", f"{ngff['level']} of {ngff['levels']} ({', '.join(ngff['paths'])})"
+                        + ("; a label image" if ngff["label"] else "")))
+        for i, axis in enumerate(ngff["axes"]):
+            unit = f" {axis['unit']}" if axis.get("unit") else ""
+            out.append(line("NGFF axes" if i == 0 else "",
+                            f"{axis.get('name')} ({axis.get('type', '-')}): scale {number(ngff['scale'][i])}{unit}, "
+                            f"translation {number(ngff['translation'][i])}{unit}"))
+    elif any(v["dim_labels"]):
+        out.append(line("dim labels", " ".join(str(lab or "-") for lab in v["dim_labels"])))
+    for i, (key, value) in enumerate(v["attrs"].items()):
+        if key == "lucid_affine":
+            continue
+        out.append(line("attributes" if i == 0 else "", f"{key} = {_attr(value)}"))
     return out
 
 

@@ -84,6 +84,7 @@ def pool3d_file(
     padding_mode: str = "zeros",
     axes: str | None = None,
     dataset: str | None = None,
+    level: int | None = None,
     out_dataset: str | None = None,
     grad_in=None,
     grad_out=None,
@@ -110,7 +111,7 @@ def pool3d_file(
     ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
     above the machine's memory is kept, each with a line in ``report.warnings``.
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
-    (and removes them again if the run fails).
+    (and removes them again if the run fails).  ``level`` picks an OME-Zarr input's resolution level.
     """
     spec = pool_spec(input, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
     limit = parse_size(memory_limit)
@@ -133,7 +134,7 @@ def pool3d_file(
     sinks: list = []
     created: list = []
     try:
-        source = open_source(input, dataset=dataset, axes=axes)
+        source = open_source(input, dataset=dataset, axes=axes, level=level)
         opened.append(source)
         check_dtype(source.dtype)
         out_dtype = np.dtype(out_dtype) if out_dtype is not None else source.dtype
@@ -177,6 +178,8 @@ def pool3d_file(
         report.warnings += machine_warnings
         protect = [_protected(g, f) for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
+        if source.meta.extra.get("ome"):
+            report.extra["ome_level"] = source.meta.extra["ome"]["level"]
         if dry_run:
             report.dry_run = True
             for target, ds in ((output, out_dataset), (grad_out, None), (indices_out, None)):
@@ -227,6 +230,7 @@ def pool3d_file(
         )
         for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
             src.check_complete()
+        report.warnings.extend(w for s in sinks for w in getattr(s, "warnings", ()))
         for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
             sink.prepare()
         for sink in sinks:
