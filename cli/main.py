@@ -32,6 +32,7 @@ from . import options as opt
 from . import report
 from .interrupts import STOP, Terminated
 from .preview import png_path, preview_command
+from .pyramid import pyramid_command
 from .progress import progress_bar, wanted
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPT, EXIT_PIPE, EXIT_TERM = 1, 2, 130, 141, 143
@@ -456,6 +457,7 @@ def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, 
 
 
 main.add_command(preview_command)
+main.add_command(pyramid_command)
 
 
 CLEAN_HELP = """Remove the temporary files that killed lucid runs left in DIR.
