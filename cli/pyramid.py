@@ -60,6 +60,8 @@ Examples:
 @click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
               help="Memory for slab and level buffers: bytes or K/M/G/T, at least 1M.")
 @click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
+@click.option("--no-copy", is_flag=True,
+              help="Zarr input: level 0 hard-links the input's chunk files instead of copying them.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUTPUT store.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every level on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -67,7 +69,7 @@ Examples:
 def pyramid_command(ctx: click.Context, input: str, output: str, factors, levels: int | None, isotropic: bool,
                     method: str, force_method: bool, dataset: str | None, level: int | None, axes: str | None,
                     zarr_format: str | None, compression: str, memory_limit: int, threads: int | None,
-                    force: bool, as_json: bool, quiet: bool) -> None:
+                    no_copy: bool, force: bool, as_json: bool, quiet: bool) -> None:
     from lucid.pyramid import pyramid_file
 
     ctx.meta["lucid.input"] = input
@@ -75,7 +77,7 @@ def pyramid_command(ctx: click.Context, input: str, output: str, factors, levels
         result = pyramid_file(input, output, factors=factors, levels=levels, isotropic=isotropic, method=method,
                               force_method=force_method, dataset=dataset, axes=axes, level=level,
                               zarr_format=int(zarr_format) if zarr_format else None, compression=compression,
-                              memory_limit=memory_limit, threads=threads, force=force,
+                              memory_limit=memory_limit, threads=threads, force=force, no_copy=no_copy,
                               progress=STOP.guard(progress))
     for text in result.warnings:
         click.echo(f"Warning: {text}", err=True)

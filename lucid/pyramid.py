@@ -150,6 +150,8 @@ class _Rows:
         self.outer, self.row, self.parts, self.pending = outer, 0, [], 0
 
     def add(self, block: np.ndarray) -> None:
+        if self.emit is None:  # a level that is not written (linked)
+            return
         self.parts.append(block)
         self.pending += block.shape[self.axis]
         if self.pending >= self.chunk:
@@ -203,7 +205,7 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
                  method: str = "max", force_method: bool = False, dataset: str | None = None,
                  axes: str | None = None, level: int | None = None, zarr_format: int | None = None,
                  compression: str = DEFAULT_COMPRESSION, memory_limit="512M", threads: int | None = None,
-                 force: bool = False, progress: Progress | None = None) -> PyramidReport:
+                 force: bool = False, no_copy: bool = False, progress: Progress | None = None) -> PyramidReport:
     """Write ``output`` (a ``.zarr`` directory) as an NGFF multiscale image of ``input``.
 
     ``factors``: one int or one per pooled axis (file order) for each step; ``levels``
@@ -211,6 +213,8 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
     a chunk); ``isotropic`` pools an axis only while its voxel is not coarser than the
     others (needs a voxel size).  ``method`` "max" or "min"; an NGFF label image is
     refused unless ``force_method``.  NGFF 0.5 + Zarr v3, or 0.4 + v2 with ``zarr_format=2``.
+    ``no_copy`` (a Zarr input of the output's Zarr format, stored in NGFF axis order): level 0
+    hard-links the input's chunk files instead of copying them (:meth:`OmeStore.link_level`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -249,15 +253,26 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
         report = job.report(source, store, frames, perm, method, limit)
         report.warnings += [w for w in (threads_warning,) if w] + list(source.warnings) + list(frames[0].warnings)
         provenance = {"lucid_source": source.name, "lucid_method": method}
+        link = _link_dir(source, store, perm) if no_copy else None
+        if no_copy and link is None:
+            raise LucidIOError(f"{source.name}: --no-copy needs a Zarr v{store.zarr_format} input directory stored "
+                               "in NGFF axis order (time, channel, space)")
         arrays = []
         for i, (shape, frame) in enumerate(zip(job.shapes, frames)):
             attrs = json_attrs({**provenance, "lucid_level": i,
                                 "lucid_factors": [1, 1, 1] if i == 0 else list(job.steps[i - 1])})
             if frame.affine is not None:
                 attrs["lucid_affine"] = ome.stored_affine(frame.affine, source.layout.pooled, perm)
+            if i == 0 and link is not None:
+                store.link_level("0", link, [frame.axes[a]["name"] for a in perm], attrs)
+                arrays.append(None)
+                continue
             stored_chunks = [job.chunks[i][a] for a in perm]
             arrays.append(store.add_level(str(i), shape, source.dtype, stored_chunks, perm, frame.axes,
                                           compressors=compressor, attributes=attrs))
+        if link is not None:
+            report.levels[0]["chunks"] = list(source.meta.extra.get("chunks") or [])
+            report.levels[0]["linked"] = link
         import lucid
 
         metadata = lucid_metadata({"version": lucid.__version__, "source": source.name,
@@ -280,6 +295,17 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
         if store is not None:
             store.abort()
         source.close()
+
+
+def _link_dir(source: Source, store: OmeStore, perm) -> str | None:
+    """The input array's directory when level 0 can be that array's files; else None."""
+    extra = source.meta.extra
+    if source.meta.format != "zarr" or extra.get("zarr_format") != store.zarr_format:
+        return None
+    if tuple(perm) != tuple(range(source.ndim)) or source.path is None or not os.path.isdir(source.path):
+        return None
+    return os.path.join(source.path, *source.array_path.strip("/").split("/")) \
+        if source.array_path.strip("/") else source.path
 
 
 @dataclass
@@ -403,7 +429,8 @@ def _stream(source: Source, job: _Job, arrays, order, threads, progress: Progres
         try:
             while (item := get(outbox)) is not done:
                 lvl, box, data = item
-                arrays[lvl].write(box, data)
+                if arrays[lvl] is not None:  # None: a linked level 0
+                    arrays[lvl].write(box, data)
         except BaseException as exc:
             errors.append(exc)
             stop.set()
@@ -413,7 +440,8 @@ def _stream(source: Source, job: _Job, arrays, order, threads, progress: Progres
             raise errors[0]
         put(outbox, (lvl, box, data))
 
-    rows = [_Rows(i, shape, axis, job.chunks[i][axis], emit) for i, shape in enumerate(job.shapes)]
+    rows = [_Rows(i, shape, axis, job.chunks[i][axis], emit if arrays[i] is not None else None)
+            for i, shape in enumerate(job.shapes)]
     workers = [threading.Thread(target=reader, name="lucid-pyramid-reader", daemon=True),
                threading.Thread(target=writer, name="lucid-pyramid-writer", daemon=True)]
     for t in workers:
@@ -449,7 +477,7 @@ def _stream(source: Source, job: _Job, arrays, order, threads, progress: Progres
         for t in workers:
             t.join(timeout=5)
     for i, arr in enumerate(arrays):
-        if arr.written != math.prod(job.shapes[i]):
+        if arr is not None and arr.written != math.prod(job.shapes[i]):
             raise LucidIOError(f"{arr.name}: incomplete level: {arr.written} of {math.prod(job.shapes[i])} values")
 
 

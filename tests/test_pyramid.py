@@ -295,3 +295,25 @@ def test_ome_zarr_py_reads_every_level(tmp_path, fmt):
     want = in_memory(a, (1, 2, 3), [tuple(lv["factors"]) for lv in r.levels[1:]])
     for d, w in zip(data, want):
         np.testing.assert_array_equal(d, w)
+
+
+def test_no_copy_links_level_0(tmp_path):
+    a = rng_volume((20, 24, 22), np.int16)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=a.shape, dtype=a.dtype, chunks=(8, 8, 8),
+                            dimension_names=list("zyx"))
+    src[...] = a
+    r = pyramid_file(str(tmp_path / "in.zarr"), str(tmp_path / "p.ome.zarr"), levels=3, no_copy=True)
+    assert r.levels[0]["linked"] and r.levels[0]["chunks"] == [8, 8, 8]
+    level0 = zarr.open_array(str(tmp_path / "p.ome.zarr" / "0"), mode="r")
+    assert list(level0.metadata.dimension_names) == list("zyx") and level0.attrs["lucid_level"] == 0
+    chunk = next(os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "p.ome.zarr" / "0") for f in fs
+                 if f != "zarr.json")
+    assert os.stat(chunk).st_nlink == 2  # shared with the input, not copied
+    got = levels_of(tmp_path / "p.ome.zarr")
+    for g, w in zip(got, in_memory(a, (0, 1, 2), [(2, 2, 2)] * 2), strict=True):
+        np.testing.assert_array_equal(g, w)
+    src[...] = 0  # zarr-python replaces chunk files: the pyramid keeps its level 0
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.ome.zarr" / "0"), mode="r")[...], a)
+    with pytest.raises(LucidIOError, match="--no-copy needs a Zarr v2 input"):
+        pyramid_file(str(tmp_path / "in.zarr"), str(tmp_path / "q.ome.zarr"), zarr_format=2, no_copy=True)
+    assert not os.path.exists(tmp_path / "q.ome.zarr") and no_leftovers(tmp_path)

@@ -154,6 +154,43 @@ class OmeStore:
             raise LucidIOError(f"{self.display}: cannot create level {key}: {one_line(exc)}") from None
         return LevelArray(arr, tuple(perm), f"{self.display}:/{key}")
 
+    def link_level(self, key: str, source_dir: str, names, attributes: dict) -> None:
+        """Level ``key`` as the input array itself: its chunk (or shard) files hard-linked (copied
+        byte for byte across file systems), its metadata rewritten with NGFF ``names`` and
+        ``attributes``.  No chunk is decoded or encoded.  zarr-python and TensorStore replace a
+        chunk file when they rewrite it, so a later change to the input does not reach the link."""
+        import json
+        import shutil
+
+        dest = os.path.join(self.target.tmp, key)
+        meta_files = {"zarr.json", ".zarray", ".zattrs"}
+        try:
+            for root, _dirs, files in os.walk(source_dir):
+                rel = os.path.relpath(root, source_dir)
+                os.makedirs(os.path.join(dest, rel), exist_ok=True)
+                for f in files:
+                    if rel == "." and f in meta_files:
+                        continue
+                    src, dst = os.path.join(root, f), os.path.join(dest, rel, f)
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copyfile(src, dst)
+            if self.zarr_format == 3:
+                with open(os.path.join(source_dir, "zarr.json")) as fh:
+                    meta = json.load(fh)
+                meta["dimension_names"], meta["attributes"] = list(names), dict(attributes)
+                with open(os.path.join(dest, "zarr.json"), "w") as fh:
+                    json.dump(meta, fh)
+            else:
+                shutil.copyfile(os.path.join(source_dir, ".zarray"), os.path.join(dest, ".zarray"))
+                with open(os.path.join(dest, ".zattrs"), "w") as fh:
+                    json.dump({**attributes, "_ARRAY_DIMENSIONS": list(names)}, fh)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space_error(self.display, exc) from None
+            raise LucidIOError(f"{self.display}: cannot link level {key} to {source_dir}: {exc}") from None
+
     def finish(self, attributes: dict) -> None:
         try:
             self.group.attrs.update(attributes)
