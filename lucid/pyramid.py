@@ -357,7 +357,10 @@ class _Job:
             need = estimate(1)
             raise MemoryLimitError(f"{source.name}: memory limit {limit} bytes is too small for the pyramid: "
                                    f"need at least {need} (try --memory-limit {-(-need // (1 << 20))}M)", need)
-        rows = min(lo, max(1, PIPELINE_SLAB_BYTES // max(1, in_plane * b)))
+        cap = max(1, PIPELINE_SLAB_BYTES // max(1, in_plane * b))
+        if getattr(source, "whole_chunks", False) and lo >= source.chunk_rows:
+            cap = max(cap, source.chunk_rows)  # no chunk cache: a chunk is decoded once per slab
+        rows = min(lo, cap)
         align = max(source.chunk_rows, slab_chunk)
         if rows >= n:
             rows = n

@@ -205,8 +205,14 @@ class Frame:
         return replace(self, scale=tuple(scale), translation=tuple(shift), affine=affine)
 
     def transforms(self, perm) -> list[dict]:
-        return [{"type": "scale", "scale": [self.scale[a] for a in perm]},
-                {"type": "translation", "translation": [self.translation[a] for a in perm]}]
+        """NGFF ``coordinateTransformations`` in the stored order ``perm`` (12 significant digits:
+        0.3, not 0.30000000000000004)."""
+        return [{"type": "scale", "scale": [tidy(self.scale[a]) for a in perm]},
+                {"type": "translation", "translation": [tidy(self.translation[a]) for a in perm]}]
+
+
+def tidy(value: float) -> float:
+    return float(f"{value:.12g}")
 
 
 def _letter_axis(letter: str, pooled: bool, unit: str | None) -> dict:

@@ -159,6 +159,7 @@ class ZarrSource(Source):
     """One array of a Zarr store (v2 or v3), read in slabs."""
 
     order = "C"
+    whole_chunks = True  # no chunk cache: the planner reads whole chunk rows when the budget allows
 
     def __init__(self, path, array: str | None = None, *, axes: str | None = None, name: str | None = None,
                  level: int | None = None):
@@ -251,7 +252,8 @@ class ZarrSource(Source):
         except Exception as exc:
             box = "[" + ", ".join(f"{s.start}:{s.stop}" for s in index) + "]"
             raise LucidIOError(f"{self.name}: cannot read box {box} (corrupt chunk?): {one_line(exc)}") from None
-        return np.array(out, dtype=self.dtype, order="C", copy=True)
+        # zarr-python returns a new array per read: copy only to fix the dtype, layout or a read-only buffer
+        return np.require(out, dtype=self.dtype, requirements=("C", "W", "O"))
 
     def close(self) -> None:
         store = getattr(self, "store", None)

@@ -158,6 +158,7 @@ def pool3d_file(
                 what=source.name,
                 reader_overhead=source.reader_overhead(),
                 cached_input=source.caches_slab,
+                whole_chunks=getattr(source, "whole_chunks", False),
             )
             _check_fits_machine(plan.slab_bytes, spec, source.name)  # a limit above the machine's memory lets it through
         except MemoryLimitError as exc:
