@@ -186,10 +186,12 @@ def _chunks(shape, pooled, slab_axis: int, itemsize: int, slab_chunk: int) -> tu
     return tuple(out)
 
 
-def _estimate(rows: int, in_plane: int, planes, factors, chunk_rows: int, itemsize: int, cached: bool) -> int:
-    """Peak bytes for ``rows`` input rows per slab: reader, queue, compute, level 0's buffer and
-    writes in flight, then each level's carry, buffer and writes."""
-    total = in_plane * itemsize * ((5 if cached else 4) * rows + 3 * (rows + chunk_rows))
+def _estimate(rows: int, in_plane: int, planes, factors, chunk_rows: int, itemsize: int, cached: bool,
+              copy0: bool = True) -> int:
+    """Peak bytes for ``rows`` input rows per slab: reader, queue, compute and a carry's
+    concatenation, level 0's buffer and writes in flight (``copy0``), then each level's carry,
+    buffer and writes."""
+    total = in_plane * itemsize * ((5 if cached else 4) * rows + (2 * (rows + chunk_rows) if copy0 else 0))
     for plane, f in zip(planes, factors):
         total += plane * itemsize * 3 * (-(-rows // f) + chunk_rows + f)
     return total
@@ -237,7 +239,7 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
             raise LucidIOError(f"{source.name}: is an NGFF label image (image-label): {method} pooling keeps the "
                                f"{'largest' if method == 'max' else 'smallest'} label id of each window, not the "
                                "most common one; use --force-method to pool it anyway")
-        job = _Job.create(source, factors, levels, isotropic, limit)
+        job = _Job.create(source, factors, levels, isotropic, limit, copy0=not no_copy)
         frames = [ome.frame_of(source.meta, source.layout, source.name)]
         for step in job.steps:
             frames.append(frames[-1].pooled(source.layout.pooled, level_spec(step)))
@@ -320,13 +322,13 @@ class _Job:
     outer: tuple[int, ...]
 
     @classmethod
-    def create(cls, source: Source, factors, levels, isotropic: bool, limit: int) -> "_Job":
+    def create(cls, source: Source, factors, levels, isotropic: bool, limit: int, copy0: bool = True) -> "_Job":
         pooled, axis, b = source.layout.pooled, source.slab_axis, source.dtype.itemsize
         outer = outer_axes(source.ndim, pooled, axis, source.order)
         shape = source.shape
         in_plane = math.prod(n for a, n in enumerate(shape) if a != axis and a not in outer)
         slab_chunk = 64 if b <= 4 else 32
-        while slab_chunk > 1 and 4 * slab_chunk * in_plane * b > limit // 4:  # level 0's buffer stays small
+        while slab_chunk > 1 and slab_chunk * in_plane * b > limit // 8:  # level 0's buffer stays small
             slab_chunk //= 2
         chunk0 = _chunks(shape, pooled, axis, b, slab_chunk)
         steps = plan_factors([shape[a] for a in pooled], source.meta.spacing, factors, [chunk0[a] for a in pooled], levels,
@@ -342,7 +344,7 @@ class _Job:
         cumulative = list(itertools.accumulate((s[pooled.index(axis)] for s in steps), lambda x, y: x * y))
 
         def estimate(rows: int) -> int:
-            return _estimate(rows, in_plane, planes, cumulative, slab_chunk, b, source.caches_slab) \
+            return _estimate(rows, in_plane, planes, cumulative, slab_chunk, b, source.caches_slab, copy0) \
                 + source.reader_overhead()
 
         n = shape[axis]
