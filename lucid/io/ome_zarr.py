@@ -164,6 +164,9 @@ class OmeStore:
 
         dest = os.path.join(self.target.tmp, key)
         meta_files = {"zarr.json", ".zarray", ".zattrs"}
+        copied: set[str] = set()
+        before = {os.path.join(dest, os.path.relpath(r, source_dir)) if r != source_dir else dest
+                  for r, _d, _f in os.walk(source_dir)}
         try:
             for root, _dirs, files in os.walk(source_dir):
                 rel = os.path.relpath(root, source_dir)
@@ -176,6 +179,9 @@ class OmeStore:
                         os.link(src, dst)
                     except OSError:
                         shutil.copyfile(src, dst)
+                        copied.add(os.path.join(dest, rel) if rel != "." else dest)
+            linked = {os.path.normpath(d) for d in before - copied} - {os.path.normpath(dest)}
+            self.target.linked = getattr(self.target, "linked", set()) | linked  # their files need no fsync
             if self.zarr_format == 3:
                 with open(os.path.join(source_dir, "zarr.json")) as fh:
                     meta = json.load(fh)
