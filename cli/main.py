@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 import lucid
+from lucid.dask.cluster import ClusterError  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import check_destination, file_identity
@@ -152,7 +153,7 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
         return exc.message, exc.exit_code
     if isinstance(exc, PaddingValueError):  # the way out in this command's own terms
         return _one_line(f"{exc.problem}; use --padding-mode ignore or no padding"), EXIT_FAILURE
-    if isinstance(exc, LucidIOError):  # names its file already
+    if isinstance(exc, (LucidIOError, ClusterError)):  # names its file (or scheduler) already
         return _one_line(str(exc)), EXIT_FAILURE
     if isinstance(exc, MemoryError):  # numpy names the allocation; the user needs the file and the way out
         detail = f" ({exc})" if str(exc) else ""

@@ -50,3 +50,10 @@ def test_unreachable_scheduler_is_one_line(tmp_path):
     with pytest.raises(ClusterError, match="no such scheduler file"):
         with connect(ClusterSpec(scheduler_file=str(tmp_path / "none.json"))):
             pass
+
+
+def test_cluster_errors_are_one_line_not_internal_errors():
+    from lucid_cli.main import _describe_error
+
+    assert _describe_error(ClusterError("cannot reach the scheduler tcp://h:1: refused"), "in.h5") == (
+        "cannot reach the scheduler tcp://h:1: refused", 1)
