@@ -38,6 +38,7 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 
 import nibabel as nib
@@ -459,6 +460,7 @@ class NiftiSink(FileSink):
         self.level = _gzip_level(compression, shown)
         self.perm = nifti_axis_order(like.layout, like.order)
         self.nshape = tuple(self.shape[a] for a in self.perm)
+        self.provenance = provenance
         header = self._build_header(like, pooling, kind, scale)
         buf = io.BytesIO()
         header.write_to(buf)
@@ -503,6 +505,7 @@ class NiftiSink(FileSink):
             hdr = self._copy_header(src, needs2, pooling, like)
         else:
             hdr = self._fresh_header(like, needs2, pooling)
+        self._tag_job(hdr)
         try:
             hdr.set_data_dtype(self.dtype)
         except Exception as exc:
@@ -522,6 +525,15 @@ class NiftiSink(FileSink):
         hdr["vox_offset"] = 0
         hdr["vox_offset"] = hdr.single_vox_offset + hdr.extensions.get_sizeondisk()
         return hdr
+
+    def _tag_job(self, hdr) -> None:
+        """End ``descrip`` with ``job=<fingerprint>`` (read back by ``lucid.batch.provenance``)."""
+        job = (self.provenance or {}).get("job")
+        if not job:
+            return
+        tail = f" job={job}".encode()
+        text = re.sub(rb"\s*job=[0-9a-f]{16}", b"", bytes(hdr["descrip"].tobytes()).rstrip(b"\0")).rstrip()
+        hdr["descrip"] = text[: 79 - len(tail)] + tail
 
     def _copy_header(self, src, needs2: bool, pooling, like: Source):
         if isinstance(src, nib.Nifti2Header) or not needs2:

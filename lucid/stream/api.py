@@ -181,6 +181,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             "ceil_mode": spec.ceil_mode,
             "padding_mode": spec.padding_mode,
             "source": source.name,
+            "job": job.fingerprint(),  # lets a rerun (lucid batch) recognise this run's outputs
         }
         if job.make_dirs:
             created = dirs.make_dirs(detect_format(p)[1] for p in (job.output, job.grad_out, job.indices_out)
