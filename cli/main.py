@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -60,11 +61,17 @@ def _silence_stdout() -> None:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as lucid's own ``Warning:`` line (no category, file name or source line)."""
+    click.echo(f"Warning: {_one_line(str(message))}", err=True)
+
+
 class LucidGroup(click.Group):
     """A click group whose every error is one ``Error:`` line with the documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        with STOP.installed():
+        with STOP.installed(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # what the library did not collect: one line, no source
             code = self._run(args, prog_name, complete_var, **extra)
         if standalone_mode:
             sys.exit(code)

@@ -18,6 +18,7 @@ from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
 from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
+from lucid.io.pywarnings import into_report
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
@@ -72,6 +73,7 @@ class PoolReport:
         return asdict(self)
 
 
+@into_report
 def pool3d_file(
     input,
     output=None,
