@@ -168,7 +168,9 @@ def _nifti_header(source: Source) -> dict[str, Any]:
         "cal_max": float(hdr["cal_max"]),
         "descrip": _text(hdr["descrip"]),
         "vox_offset": int(source.offset),
-        "extensions": len(hdr.extensions),
+        "extensions": len(hdr.extensions),  # those nibabel loaded; a large section is streamed, not loaded
+        "extension_bytes": (source.raw_extensions.length if source.raw_extensions is not None
+                            else int(hdr.extensions.get_sizeondisk())),
         "warnings": list(source.warnings),
     }
 

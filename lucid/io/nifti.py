@@ -43,6 +43,7 @@ import sys
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.fileholders import FileHolder
 
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.atomic import AtomicTarget, FileSink, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
@@ -59,6 +60,7 @@ from lucid.io.base import (
 )
 from lucid.io.gzstream import BUFFER_BYTES, GzipError, GzipStream
 from lucid.io.layout import nifti_axis_order, parse_layout
+from lucid.io.nifti_extensions import peek
 from lucid.io.nifti_geometry import sane_header
 from lucid.io.pywarnings import collect
 
@@ -70,10 +72,18 @@ SPOOL_MARK = ".lucid-spool-"
 
 
 def load_nifti(path: str, name: str):
+    """``(nibabel image, RawExtensions or None)``: an extension section larger than
+    ``nifti_extensions.INLINE_BYTES`` is left in the file (see ``lucid.io.nifti_extensions``)."""
     check_input_file(path, name, "a NIfTI")
+    raw = None
     try:
         with _quiet_nibabel():
-            img = nib.load(path)
+            img = None
+            peeked = peek(path, path.lower().endswith(".gz"))
+            if peeked is not None:
+                img, raw = _header_only_image(*peeked)
+            if img is None:
+                img = nib.load(path)
     except PermissionError:
         raise LucidIOError(f"{name}: permission denied") from None
     except (EOFError, gzip.BadGzipFile) as exc:
@@ -85,7 +95,17 @@ def load_nifti(path: str, name: str):
         raise LucidIOError(f"{name}: not a readable NIfTI file ({one_line(exc)})") from None
     if not isinstance(img, nib.Nifti1Image):
         raise LucidIOError(f"{name}: not a NIfTI-1/NIfTI-2 single-file image ({type(img).__name__})")
-    return img
+    return img, raw
+
+
+def _header_only_image(block: bytes, raw):
+    """A nibabel image from the header bytes only (its data is read by lucid, never through it)."""
+    klass = nib.Nifti2Image if len(block) == 540 else nib.Nifti1Image
+    try:  # the extension flag zeroed: nibabel reads no extension
+        image = klass.from_file_map({"image": FileHolder(fileobj=io.BytesIO(block + b"\0" * 4))})
+    except Exception:  # let nibabel's own loader decide (and word the error)
+        return None, None
+    return image, raw
 
 
 def _gzip_head_error(path: str) -> str | None:
@@ -138,7 +158,7 @@ class NiftiSource(Source):
         self.name = shown
         self.path = os.path.abspath(os.fspath(path))
         with collect() as seen:
-            img = load_nifti(self.path, shown)
+            img, self.raw_extensions = load_nifti(self.path, shown)
         try:
             with collect() as seen_init:
                 self._init(img, shown, axes)
@@ -213,7 +233,7 @@ class NiftiSource(Source):
             affine=None if affine is None else np.array(affine, dtype=float),
             scale=scale,
             extra={"header": hdr.copy(), "nifti_version": 2 if isinstance(hdr, nib.Nifti2Header) else 1,
-                   "gzip": self.gzipped},
+                   "gzip": self.gzipped, "raw_extensions": self.raw_extensions},
         )
 
     @property
@@ -459,12 +479,17 @@ class NiftiSink(FileSink):
         self.level = _gzip_level(compression, shown)
         self.perm = nifti_axis_order(like.layout, like.order)
         self.nshape = tuple(self.shape[a] for a in self.perm)
+        self.raw_extensions = None  # set by _copy_header: a large extension section copied from the input
         header = self._build_header(like, pooling, kind, scale)
         buf = io.BytesIO()
         header.write_to(buf)
         head = buf.getvalue()
         self.vox_offset = int(header["vox_offset"])
-        head += b"\0" * (self.vox_offset - len(head))
+        raw = 0
+        if self.raw_extensions is not None:  # the flag, then the section streamed from the input, then padding
+            head = head[:header.sizeof_hdr] + b"\x01\0\0\0"
+            raw = self.raw_extensions.length
+        tail = b"\0" * (self.vox_offset - len(head) - raw)
         self.header = header
         self.total = int(np.prod(self.nshape, dtype=np.int64)) * self.dtype.itemsize
         self._fstrides = np.cumprod((1,) + self.nshape[:-1]).tolist()  # element strides, F order
@@ -485,10 +510,17 @@ class NiftiSink(FileSink):
                 base = os.path.basename(self.path)
                 self._gzf = gzip.GzipFile(filename=base[:-3], mode="wb", fileobj=self._raw,
                                           compresslevel=self.level, mtime=0)
-                self._gzf.write(head)
+                write = self._gzf.write
             else:
                 self._fd = os.open(self.target.tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
-                self._pwrite(head, 0)
+                write = self._appender()
+            write(head)
+            if self.raw_extensions is not None:
+                self.raw_extensions.copy(write, swap=self.raw_extensions.byteorder != NATIVE)
+            write(tail)
+        except GzipError as exc:
+            self._fail(LucidIOError(f"{like.name}: corrupt or truncated gzip stream in the header extensions "
+                                    f"({exc})"), "cannot copy the header extensions")
         except BaseException as exc:
             self._fail(exc, "cannot create the output")
 
@@ -519,11 +551,13 @@ class NiftiSink(FileSink):
             hdr.set_slope_inter(None, None)
         else:
             hdr.set_slope_inter(float(scale[0]), float(scale[1]))
+        raw = self.raw_extensions.length if self.raw_extensions is not None else 0
         hdr["vox_offset"] = 0
-        hdr["vox_offset"] = hdr.single_vox_offset + hdr.extensions.get_sizeondisk()
+        hdr["vox_offset"] = hdr.single_vox_offset + hdr.extensions.get_sizeondisk() + -(-raw // 16) * 16
         return hdr
 
     def _copy_header(self, src, needs2: bool, pooling, like: Source):
+        self.raw_extensions = like.meta.extra.get("raw_extensions")
         if isinstance(src, nib.Nifti2Header) or not needs2:
             hdr = src.copy()
         else:
@@ -602,6 +636,16 @@ class NiftiSink(FileSink):
             desc += f" k={','.join(map(str, pooling.kernel))} s={','.join(map(str, pooling.stride))}"
         hdr["descrip"] = desc[:79].encode()
         return hdr
+
+    def _appender(self):
+        """``write(bytes)`` at increasing offsets of the uncompressed output, from 0."""
+        pos = [0]
+
+        def write(data) -> None:
+            self._pwrite(data, pos[0])
+            pos[0] += len(data)
+
+        return write
 
     # -- data
     def _pwrite(self, data, offset: int) -> None:
