@@ -21,7 +21,7 @@ import click
 
 import lucid
 from lucid.inspect import describe, jsonable
-from lucid.io import LucidIOError, detect_format
+from lucid.io import LucidIOError, detect_format, primary_file
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.tempfiles import clean_stale
@@ -205,7 +205,7 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None],
     datasets = datasets or {}
 
     def identity(p: str):
-        return file_identity(detect_format(p)[1])
+        return file_identity(primary_file(p))  # a.hdr and a.img are one volume
 
     def dataset(label: str, p: str) -> str | None:
         fmt, _file, in_path = detect_format(p)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink, open_source, sink_name, stored_shape
+from lucid.io import LucidIOError, detect_format, dirs, primary_file, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
 from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
@@ -125,7 +125,7 @@ def pool3d_file(
     seen: dict[str, Any] = {}
     for p in (output, grad_out, indices_out):
         if isinstance(p, (str, os.PathLike)):
-            identity = file_identity(detect_format(p)[1])
+            identity = file_identity(primary_file(p))  # a.hdr and a.img: one volume
             if identity in seen:
                 raise ValueError(f"{os.fspath(p)}: output, grad_out and indices_out must be different files "
                                  f"(same file as {os.fspath(seen[identity])})")
