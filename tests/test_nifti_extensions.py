@@ -54,7 +54,7 @@ def write_with_extension(path, nbytes: int, *, order: str = "<", code: int = 40,
 
 
 @pytest.mark.parametrize("src_suffix", [".nii", ".nii.gz"])
-@pytest.mark.parametrize("out_suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("out_suffix", [".nii", ".nii.gz", ".hdr"])
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_large_extension_is_copied_byte_for_byte(tmp_path, src_suffix, out_suffix, order):
     size = INLINE_BYTES + 12345
