@@ -191,6 +191,10 @@ def test_a_missing_or_short_image_file_is_one_error_naming_it(tmp_path):
     img.unlink()
     with pytest.raises(LucidIOError, match=r"nifti1\.img: no such file"):
         open_source(src)
+    lonely = tmp_path / "lonely.img"
+    lonely.write_bytes(b"\0" * 64)
+    with pytest.raises(LucidIOError, match=r"lonely\.img: the header .*lonely\.hdr of this .hdr/.img pair is missing"):
+        open_source(str(lonely))
 
 
 def test_mgh_refusals_are_one_line(tmp_path):

@@ -93,7 +93,11 @@ def open_source(file: str, axes: str | None) -> Source:
     lower = file.lower()
     if lower.endswith(MGH_SUFFIXES):
         return MGHSource(file, axes=axes)
-    if pair_paths(file) is not None and not is_nifti_pair(file):
+    pair = pair_paths(file)
+    if pair is not None and os.path.exists(file) and not os.path.exists(pair[0]):
+        shown = os.path.join(os.path.dirname(file), os.path.basename(pair[0]))
+        raise LucidIOError(f"{file}: the header {shown} of this .hdr/.img pair is missing")
+    if pair is not None and not is_nifti_pair(file):
         return AnalyzeSource(file, axes=axes)
     return NiftiSource(file, axes=axes)
 
