@@ -1,4 +1,4 @@
-"""``lucid``: the command line over ``lucid.stream.api.pool3d_file`` and ``lucid.inspect.describe``.
+"""``lucid``: the command line over ``lucid.stream.job.PoolJob`` and ``lucid.inspect.describe``.
 
 This layer only parses options, calls the library and reports.  Exit codes:
 0 success, 1 input/runtime error, 2 usage error, 130 Ctrl-C, 141 broken pipe,
@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 import lucid
+from lucid.dask.cluster import ClusterError  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format, primary_file
 from lucid.io.atomic import check_destination, file_identity
@@ -27,7 +28,8 @@ from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import resources
-from lucid.stream.api import PaddingValueError, pool3d_file, pool_spec
+from lucid.stream.api import PaddingValueError, pool_spec
+from lucid.stream.job import PoolJob
 
 from . import options as opt
 from . import report
@@ -158,7 +160,7 @@ def _describe_error(exc: BaseException, input_name: str | None) -> tuple[str, in
         return exc.message, exc.exit_code
     if isinstance(exc, PaddingValueError):  # the way out in this command's own terms
         return _one_line(f"{exc.problem}; use --padding-mode ignore or no padding"), EXIT_FAILURE
-    if isinstance(exc, LucidIOError):  # names its file already
+    if isinstance(exc, (LucidIOError, ClusterError)):  # names its file (or scheduler) already
         return _one_line(str(exc)), EXIT_FAILURE
     if isinstance(exc, MemoryError):  # numpy names the allocation; the user needs the file and the way out
         detail = f" ({exc})" if str(exc) else ""
@@ -350,14 +352,13 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         check_destination(preview, force=force, protect=[detect_format(p)[1] for p in (input, grad_in) if p])
 
     with progress_bar(wanted(quiet) and not dry_run) as progress:
-        result = pool3d_file(
-            input, output, kernel, stride, padding,
-            dilation=dilation, ceil_mode=ceil_mode, padding_mode=padding_mode, axes=axes,
-            dataset=dataset, out_dataset=out_dataset, grad_in=grad_in, grad_out=grad_out,
-            indices_out=indices_out, out_dtype=out_dtype, compression=compression,
-            zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
-            memory_limit=memory_limit, threads=threads, force=force, make_dirs=make_dirs, progress=STOP.guard(progress), dry_run=dry_run,
+        job = PoolJob(
+            input, output, kernel, stride, padding, dilation, ceil_mode, padding_mode, axes=axes, dataset=dataset,
+            grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
+            compression=compression, zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
+            force=force, make_dirs=make_dirs, memory_limit=memory_limit, threads=threads, dry_run=dry_run,
         )
+        result = job.run(STOP.guard(progress))
     warnings = list(result.warnings)  # a dry run lists outputs that exist
     if result.padding_won and result.padding_mode == "zeros":
         example = ", e.g. CT air at -1000 HU" if detect_format(input)[0] == "nifti" else ""

@@ -129,3 +129,18 @@ def shards_text(ctx: click.Context, param: click.Parameter, value: str | None):
     if any(v <= 0 for v in shape):
         raise click.BadParameter(f"{value!r}: shard extents must be positive")
     return shape
+
+
+def cluster_options(command):
+    """``--scheduler``, ``--scheduler-file`` and ``--workers``: where a command runs on dask (``lucid.dask.cluster``)."""
+    options = [
+        click.option("--scheduler", metavar="ADDRESS",
+                     help="Run on this dask scheduler (tcp://host:8786) [env: DASK_SCHEDULER_ADDRESS]."),
+        click.option("--scheduler-file", metavar="FILE", type=click.Path(dir_okay=False, path_type=str),
+                     help="Run on the dask scheduler this file (dask scheduler --scheduler-file) names."),
+        click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                     help="Start a local dask cluster of N worker processes on 127.0.0.1 for this run."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

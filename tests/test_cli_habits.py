@@ -362,11 +362,11 @@ def test_library_refuses_huge_values_naming_the_argument(tmp_path):
 
 
 def test_out_of_memory_is_one_line_naming_the_file_not_an_internal_error(tmp_path, monkeypatch):
-    from lucid_cli import main as cli_main
+    from lucid.stream.job import PoolJob
 
-    def pool3d_file(*args, **kwargs):
+    def run(self, progress=None):
         raise MemoryError()
 
-    monkeypatch.setattr(cli_main, "pool3d_file", pool3d_file)
+    monkeypatch.setattr(PoolJob, "run", run)
     line = error_line(lucid_cmd("pool3d", CT, tmp_path / "o.nii"), 1)
     assert line.startswith(f"Error: {CT}: out of memory") and "internal error" not in line

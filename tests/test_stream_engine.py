@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import h5py
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -270,3 +272,28 @@ def test_pool3d_file_argument_errors():
 
 def test_axis_window_dataclass_is_hashable():
     assert hash(AxisWindow(2, 2, 1, 0, 4, 2, 0))
+
+
+def test_pool_job_is_small_picklable_data_that_runs_like_pool3d_file(tmp_path):
+    import pickle
+
+    from lucid.stream.api import pool3d_file
+    from lucid.stream.job import PoolJob
+
+    a = np.random.default_rng(3).standard_normal((9, 10, 11)).astype(np.float32)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["data"] = a
+    job = PoolJob(str(tmp_path / "in.h5"), str(tmp_path / "a.h5"), 3, 2, 1, memory_limit="2M")
+    again = pickle.loads(pickle.dumps(job))
+    assert again == job and len(pickle.dumps(job)) < 1000
+    assert PoolJob.from_dict(job.to_dict()) == job
+    again.run()
+    pool3d_file(str(tmp_path / "in.h5"), str(tmp_path / "b.h5"), 3, 2, 1, memory_limit="2M")
+    other = job.with_files(str(tmp_path / "in.h5"), str(tmp_path / "c.h5"))
+    assert other.kernel_size == 3 and other.output.endswith("c.h5")
+    other.run()
+    with h5py.File(tmp_path / "a.h5") as fa, h5py.File(tmp_path / "b.h5") as fb, h5py.File(tmp_path / "c.h5") as fc:
+        np.testing.assert_array_equal(fa["data"][:], fb["data"][:])
+        np.testing.assert_array_equal(fa["data"][:], fc["data"][:])
+    with pytest.raises(TypeError):
+        pool3d_file(str(tmp_path / "in.h5"), str(tmp_path / "d.h5"), 2, no_such_option=1)

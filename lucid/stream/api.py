@@ -17,14 +17,13 @@ import lucid
 from lucid.io import LucidIOError, detect_format, dirs, primary_file, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
-from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.pywarnings import into_report
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
+from lucid.stream.job import DEFAULT_MEMORY_LIMIT, PoolJob
 from lucid.stream.plan import MemoryLimitError, Plan, parse_size, plan_slabs
 
-DEFAULT_MEMORY_LIMIT = "512M"
 MAX_AXIS_VALUE = 2**31 - 1  # a larger kernel, stride, padding or dilation fits no file axis and overflows attributes
 
 
@@ -73,57 +72,40 @@ class PoolReport:
         return asdict(self)
 
 
-@into_report
-def pool3d_file(
-    input,
-    output=None,
-    kernel_size=2,
-    stride=None,
-    padding=0,
-    *,
-    dilation=1,
-    ceil_mode: bool = False,
-    padding_mode: str = "zeros",
-    axes: str | None = None,
-    dataset: str | None = None,
-    out_dataset: str | None = None,
-    grad_in=None,
-    grad_out=None,
-    indices_out=None,
-    out_dtype=None,
-    grad_dtype="float32",
-    compression: str = DEFAULT_COMPRESSION,
-    zarr_format: int | None = None,
-    shards=None,
-    memory_limit=DEFAULT_MEMORY_LIMIT,
-    threads: int | None = None,
-    force: bool = False,
-    make_dirs: bool = False,
-    progress: engine.Progress | None = None,
-    dry_run: bool = False,
-) -> PoolReport:
-    """Max-pool a volume file (HDF5 or NIfTI) into another, streaming within ``memory_limit``.
+def pool3d_file(input, output=None, kernel_size=2, stride=None, padding=0, *,
+                progress: engine.Progress | None = None, **options: Any) -> PoolReport:
+    """Max-pool a volume file (HDF5, NIfTI or Zarr) into another, streaming within ``memory_limit``.
 
-    ``stride`` defaults to ``kernel_size`` (the specification's text).  Tuples
-    follow the order in which the pooled axes appear in the file.  With
-    ``grad_out`` the backward pass writes the gradient map on the input grid,
-    routing ``grad_in`` (a file on the output grid; ones when omitted).
-    Outputs appear only when everything succeeded; inputs are only read.
+    ``options`` are :class:`PoolJob`'s fields (``dilation``, ``ceil_mode``,
+    ``padding_mode``, ``axes``, ``dataset``, ``grad_in``, ``grad_out``,
+    ``indices_out``, ``out_dtype``, ``compression``, ``memory_limit``,
+    ``threads``, ``force``, ``make_dirs``, ``dry_run``, ...).  ``stride``
+    defaults to ``kernel_size`` (the specification's text).  With ``grad_out``
+    the backward pass writes the gradient map on the input grid, routing
+    ``grad_in`` (a file on the output grid; ones when omitted).  Outputs
+    appear only when everything succeeded; inputs are only read.
     ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
     above the machine's memory is kept, each with a line in ``report.warnings``.
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
     (and removes them again if the run fails).
     """
-    spec = pool_spec(input, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, dataset=dataset, axes=axes)
-    limit = parse_size(memory_limit)
-    threads, threads_warning = resources.check_threads(threads)
+    return run_job(PoolJob(input, output, kernel_size, stride, padding, **options), progress)
+
+
+@into_report
+def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport:
+    """Run ``job``: open, plan, stream, commit (``PoolJob.run``)."""
+    spec = pool_spec(job.input, job.kernel_size, job.stride, job.padding, job.dilation, job.ceil_mode,
+                     job.padding_mode, dataset=job.dataset, axes=job.axes)
+    limit = parse_size(job.memory_limit)
+    threads, threads_warning = resources.check_threads(job.threads)
     machine_warnings = [w for w in (threads_warning, resources.memory_warning(limit)) if w]
-    if output is None and grad_out is None and indices_out is None and not dry_run:
+    if job.output is None and job.grad_out is None and job.indices_out is None and not job.dry_run:
         raise ValueError("nothing to write: give an output, grad_out or indices_out")
-    if grad_in is not None and grad_out is None:
+    if job.grad_in is not None and job.grad_out is None:
         raise ValueError("grad_in needs grad_out: the upstream gradient is only used to write a gradient map")
     seen: dict[str, Any] = {}
-    for p in (output, grad_out, indices_out):
+    for p in (job.output, job.grad_out, job.indices_out):
         if isinstance(p, (str, os.PathLike)):
             identity = file_identity(primary_file(p))  # a.hdr and a.img: one volume
             if identity in seen:
@@ -135,10 +117,10 @@ def pool3d_file(
     sinks: list = []
     created: list = []
     try:
-        source = open_source(input, dataset=dataset, axes=axes)
+        source = open_source(job.input, dataset=job.dataset, axes=job.axes)
         opened.append(source)
         check_dtype(source.dtype)
-        out_dtype = np.dtype(out_dtype) if out_dtype is not None else source.dtype
+        out_dtype = np.dtype(job.out_dtype) if job.out_dtype is not None else source.dtype
         check_dtype(out_dtype)
         pad_value, order = padding_rule(source, spec)
         try:
@@ -151,9 +133,9 @@ def pool3d_file(
                 in_itemsize=source.dtype.itemsize,
                 out_itemsize=out_dtype.itemsize,
                 memory_limit=limit,
-                backward=grad_out is not None,
-                grad_itemsize=np.dtype(grad_dtype).itemsize,
-                indices=indices_out is not None,
+                backward=job.grad_out is not None,
+                grad_itemsize=np.dtype(job.grad_dtype).itemsize,
+                indices=job.indices_out is not None,
                 chunk_rows=getattr(source, "chunk_rows", 1),
                 names=[_axis_name(source, a) for a in source.layout.pooled],
                 what=source.name,
@@ -169,27 +151,27 @@ def pool3d_file(
                 raise
             raise type(exc)(f"{source.name}: {exc}") from None
         gradient = None
-        if grad_in is not None:
-            gradient = open_gradient(grad_in, source, plan.out_shape)
+        if job.grad_in is not None:
+            gradient = open_gradient(job.grad_in, source, plan.out_shape)
             opened.append(gradient)
             if gradient.dtype.kind not in "fiu":
                 raise LucidIOError(f"{gradient.name}: upstream gradient must be numeric, got dtype {gradient.dtype}")
-        report = _report(source, plan, spec, out_dtype, grad_dtype, limit, input, output, grad_in, grad_out, indices_out,
-                         out_dataset)
+        report = _report(source, plan, spec, out_dtype, job.grad_dtype, limit, job.input, job.output, job.grad_in,
+                         job.grad_out, job.indices_out, job.out_dataset)
         report.warnings += machine_warnings
         protect = [_protected(g, f) for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
-        if dry_run:
+        if job.dry_run:
             report.dry_run = True
-            for target, ds in ((output, out_dataset), (grad_out, None), (indices_out, None)):
+            for target, ds in ((job.output, job.out_dataset), (job.grad_out, None), (job.indices_out, None)):
                 if isinstance(target, (str, os.PathLike)):  # what the run would refuse, it refuses now
                     file = detect_format(target)[1]
-                    missing = dirs.missing_dirs(file) if make_dirs else []
+                    missing = dirs.missing_dirs(file) if job.make_dirs else []
                     if missing:  # nothing to check in a directory the run will create
                         dirs.check_creatable(file)
                         report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
                         continue
-                    report.warnings.extend(_dry_run_check(target, ds, source, protect, force))
+                    report.warnings.extend(_dry_run_check(target, ds, source, protect, job.force))
             return report
 
         provenance = {
@@ -202,29 +184,29 @@ def pool3d_file(
             "padding_mode": spec.padding_mode,
             "source": source.name,
         }
-        if make_dirs:
-            created = dirs.make_dirs(detect_format(p)[1] for p in (output, grad_out, indices_out)
+        if job.make_dirs:
+            created = dirs.make_dirs(detect_format(p)[1] for p in (job.output, job.grad_out, job.indices_out)
                                      if isinstance(p, (str, os.PathLike)))
             report.created_dirs = [str(d) for d in created]
-        common = dict(like=source, compression=compression, force=force, slab_rows=plan.rows_per_slab,
-                      provenance=provenance, protect=protect, zarr_format=zarr_format, shards=shards)
+        common = dict(like=source, compression=job.compression, force=job.force, slab_rows=plan.rows_per_slab,
+                      provenance=provenance, protect=protect, zarr_format=job.zarr_format, shards=job.shards)
         out_sink = grad_sink = index_sink = None
-        if output is not None:
-            out_sink = open_sink(output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=out_dataset, **common)
+        if job.output is not None:
+            out_sink = open_sink(job.output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=job.out_dataset, **common)
             sinks.append(out_sink)
-        if grad_out is not None:
+        if job.grad_out is not None:
             in_rows = plan.rows_per_slab * plan.windows[plan.slab_r].stride  # the gradient map is on the input grid
-            grad_sink = open_sink(grad_out, plan.in_shape, grad_dtype, pooling=None, kind="gradient",
+            grad_sink = open_sink(job.grad_out, plan.in_shape, job.grad_dtype, pooling=None, kind="gradient",
                                   **{**common, "slab_rows": in_rows})
             sinks.append(grad_sink)
-        if indices_out is not None:
-            index_sink = open_sink(indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices", **common)
+        if job.indices_out is not None:
+            index_sink = open_sink(job.indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices", **common)
             sinks.append(index_sink)
         source.set_cache(plan.cache_bytes)
 
         stats = engine.run(
             source, plan, out=out_sink, grad_out=grad_sink, indices_out=index_sink, grad_in=gradient,
-            pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=grad_dtype,
+            pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=job.grad_dtype,
             threads=threads, progress=progress,
         )
         for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
