@@ -265,7 +265,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 POOL3D_HELP = """Max-pool INPUT into OUTPUT, streaming slabs within --memory-limit.
 
 Formats follow the suffix, for input and output independently: .nii, .nii.gz,
-.h5/.hdf5 (file.h5:/group/dataset names a dataset). Values per axis are given
+.hdr/.img, .mgh, .mgz, .h5/.hdf5 (file.h5:/group/dataset names a dataset), .zarr. Values per axis are given
 in the order the pooled axes appear in the file (x,y,z for NIfTI, d,h,w or
 t,h,w for HDF5). The stride defaults to the kernel. Outputs appear only when
 everything succeeded.

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from lucid.io.atomic import human_bytes
 from lucid.io.base import UNIT_TO_UM
+from lucid.io import NIBABEL_SUFFIXES
 
 LABEL = 14  # width of the label column
 
@@ -42,7 +43,8 @@ def matrix(label: str, rows: Sequence[Sequence[float]]) -> list[str]:
 
 
 def _is_hdf5(path: str | None) -> bool:
-    return path is not None and not path.lower().endswith((".nii", ".nii.gz"))
+    """An output that stores ``element_size_um`` (HDF5, Zarr): not one of the nibabel formats."""
+    return path is not None and not path.lower().endswith(NIBABEL_SUFFIXES)
 
 
 def _pooling(r: dict[str, Any]) -> str:

@@ -223,3 +223,11 @@ def test_info_describes_the_relatives(tmp_path):
 def test_unreadable_suffixes_stay_a_one_line_refusal(tmp_path):
     result = CliRunner().invoke(main, ["pool3d", str(tmp_path / "a.mnc"), str(tmp_path / "o.nii")])
     assert result.exit_code == 2 and "unsupported file type" in result.output and ".mgz" in result.output
+
+
+def test_dry_run_of_a_pair_output_speaks_nifti_not_hdf5(tmp_path):
+    src = shipped_pair(tmp_path, "analyze")
+    result = CliRunner().invoke(main, ["pool3d", src, str(tmp_path / "o.hdr"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "scl_slope 1715.04" in result.output and "element_size_um" not in result.output
+    assert not (tmp_path / "o.hdr").exists() and not (tmp_path / "o.img").exists()

@@ -49,6 +49,7 @@ __all__ = [
     "nifti_axis_order",
     "pooling_matrix",
     "SUPPORTED_SUFFIXES",
+    "NIBABEL_SUFFIXES",
     "SINK_KINDS",
 ]
 
