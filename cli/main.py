@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -21,7 +22,7 @@ import click
 import lucid
 from lucid.dask.cluster import ClusterError  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
-from lucid.io import LucidIOError, detect_format
+from lucid.io import LucidIOError, detect_format, primary_file
 from lucid.io.atomic import check_destination, file_identity
 from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
@@ -62,11 +63,17 @@ def _silence_stdout() -> None:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as lucid's own ``Warning:`` line (no category, file name or source line)."""
+    click.echo(f"Warning: {_one_line(str(message))}", err=True)
+
+
 class LucidGroup(click.Group):
     """A click group whose every error is one ``Error:`` line with the documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        with STOP.installed():
+        with STOP.installed(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # what the library did not collect: one line, no source
             code = self._run(args, prog_name, complete_var, **extra)
         if standalone_mode:
             sys.exit(code)
@@ -200,7 +207,7 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None],
     datasets = datasets or {}
 
     def identity(p: str):
-        return file_identity(detect_format(p)[1])
+        return file_identity(primary_file(p))  # a.hdr and a.img are one volume
 
     def dataset(label: str, p: str) -> str | None:
         fmt, _file, in_path = detect_format(p)
@@ -258,7 +265,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 POOL3D_HELP = """Max-pool INPUT into OUTPUT, streaming slabs within --memory-limit.
 
 Formats follow the suffix, for input and output independently: .nii, .nii.gz,
-.h5/.hdf5 (file.h5:/group/dataset names a dataset). Values per axis are given
+.hdr/.img, .mgh, .mgz, .h5/.hdf5 (file.h5:/group/dataset names a dataset), .zarr. Values per axis are given
 in the order the pooled axes appear in the file (x,y,z for NIfTI, d,h,w or
 t,h,w for HDF5). The stride defaults to the kernel. Outputs appear only when
 everything succeeded.
