@@ -36,6 +36,15 @@ def hdf5(path, shape=(9, 10, 11), seed=0):
     return data
 
 
+def volumes(tmp_path, n: int) -> list[FilePair]:
+    """``n`` HDF5 volumes of 64^3 in tmp_path/in, their outputs planned into tmp_path/out."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    for i in range(n):
+        hdf5(tmp_path / "in" / f"v{i:02d}.h5", (64, 64, 64), seed=i)
+    return plan_files([str(tmp_path / "in" / "v*.h5")], str(tmp_path / "out"))
+
+
 def no_temporaries(directory) -> bool:
     return not [n for n in os.listdir(directory) if ".lucid-" in n]
 
@@ -161,14 +170,7 @@ def test_two_hundred_files_five_corrupt_on_a_local_cluster(tmp_path):
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, dask_processes):
     from lucid.dask.cluster import ClusterSpec
 
-    inputs = []
-    for i in range(16):
-        path = tmp_path / "in" / f"v{i:02d}.h5"
-        path.parent.mkdir(exist_ok=True)
-        hdf5(path, (64, 64, 64), seed=i)
-        inputs.append(str(path))
-    pairs = plan_files(inputs, str(tmp_path / "out"))
-    os.makedirs(tmp_path / "out")
+    pairs = volumes(tmp_path, 16)
     job = PoolJob("", None, 3, 2, 1, memory_limit="1M")  # many small slabs: each file takes a while
     killed = threading.Event()
 
@@ -210,14 +212,7 @@ def test_cli_json_lines_summary_and_exit_codes(tmp_path, monkeypatch):
 def test_a_dead_scheduler_is_one_error_and_a_rerun_finishes(tmp_path, dask_processes):
     from lucid.dask.cluster import ClusterError, ClusterSpec
 
-    inputs = []
-    for i in range(12):
-        path = tmp_path / "in" / f"v{i:02d}.h5"
-        path.parent.mkdir(exist_ok=True)
-        hdf5(path, (64, 64, 64), seed=i)
-        inputs.append(str(path))
-    pairs = plan_files(inputs, str(tmp_path / "out"))
-    os.makedirs(tmp_path / "out")
+    pairs = volumes(tmp_path, 12)
     job = PoolJob("", None, 3, 2, 1, memory_limit="1M")
 
     def stop_scheduler(result):
