@@ -179,10 +179,13 @@ def _submit(client, jobs: list[PoolJob], retries: int, record: Callable[[FileRes
     futures = client.map(run_file, jobs, key=[f"lucid-pool3d-{i}-{_tag(j.input)}" for i, j in enumerate(jobs)],
                          retries=retries, pure=False)
     by_key = {f.key: j for f, j in zip(futures, jobs)}
+    waiting = as_completed(futures)
     try:
-        for future in as_completed(futures):
+        for future in waiting:
             job = by_key[future.key]
-            if future.status == "finished":
+            if future.status in ("lost", "pending"):  # its worker died holding the result: dask runs it again
+                waiting.add(future)  # (and the rerun finds the committed output: run_file returns done)
+            elif future.status == "finished":
                 record(future.result())
             elif future.status == "error":
                 exc = future.exception()
