@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from lucid.io.atomic import human_bytes
 from lucid.io.base import UNIT_TO_UM
+from lucid.io import NIBABEL_SUFFIXES
 
 LABEL = 14  # width of the label column
 
@@ -42,7 +43,8 @@ def matrix(label: str, rows: Sequence[Sequence[float]]) -> list[str]:
 
 
 def _is_hdf5(path: str | None) -> bool:
-    return path is not None and not path.lower().endswith((".nii", ".nii.gz"))
+    """An output that stores ``element_size_um`` (HDF5, Zarr): not one of the nibabel formats."""
+    return path is not None and not path.lower().endswith(NIBABEL_SUFFIXES)
 
 
 def _pooling(r: dict[str, Any]) -> str:
@@ -131,9 +133,12 @@ def _attr(value: Any) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
+FORMAT_NAMES = {"hdf5": "HDF5", "nifti": "NIfTI", "analyze": "Analyze", "mgh": "MGH", "zarr": "Zarr"}
+
+
 def info_lines(d: dict[str, Any]) -> list[str]:
     """``lucid info`` text: the file, its datasets (HDF5) and the volume that would be pooled."""
-    fmt = FORMAT_NAMES.get(d["format"], d["format"])
+    fmt = FORMAT_NAMES.get(d["format"], "NIfTI")
     v = d["volume"]
     if v is not None and d["format"] == "zarr":
         fmt = f"Zarr v{v['zarr_format']}" + (f", OME-Zarr {v['ome']['version']}" if v["ome"] else "")
@@ -165,6 +170,9 @@ def info_lines(d: dict[str, Any]) -> list[str]:
         out += _nifti_lines(v)
     elif d["format"] == "zarr":
         out += _zarr_lines(v)
+    elif d["format"] in ("analyze", "mgh"):
+        out += [line("datatype", v["datatype"]), line("zooms", " x ".join(number(z) for z in v["zooms"])),
+                line("data", f"{v['data_file']} from byte {v['vox_offset']}")]
     else:
         out += _hdf5_lines(v)
     if v["affine"] is not None:
@@ -174,7 +182,7 @@ def info_lines(d: dict[str, Any]) -> list[str]:
 
 def info_row(d: dict[str, Any]) -> list[str]:
     """One ``lucid info`` line for many files (as nib-ls): name, format, shape, dtype, axes, voxel size."""
-    fmt = FORMAT_NAMES.get(d["format"], d["format"])
+    fmt = FORMAT_NAMES.get(d["format"], "NIfTI")
     v = d["volume"]
     if v is None:
         return [d["path"], fmt, d["note"] or "no volume"]
@@ -214,7 +222,6 @@ def _nifti_lines(v: dict[str, Any]) -> list[str]:
     return out
 
 
-FORMAT_NAMES = {"hdf5": "HDF5", "nifti": "NIfTI", "zarr": "Zarr"}
 
 
 def _zarr_lines(v: dict[str, Any]) -> list[str]:

@@ -60,8 +60,11 @@ def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | No
             volume.update(_hdf5_storage(file, source.dataset_path))
         elif fmt == "zarr":
             volume.update(_zarr_storage(source))
-        else:
+        elif source.meta.format == "nifti":
             volume.update(_nifti_header(source))
+        else:  # Analyze, MGH
+            info["format"] = source.meta.format
+            volume.update(_relative_header(source))
     info["volume"] = volume
     return jsonable(info)
 
@@ -202,9 +205,25 @@ def _nifti_header(source: Source) -> dict[str, Any]:
         "cal_max": float(hdr["cal_max"]),
         "descrip": _text(hdr["descrip"]),
         "vox_offset": int(source.offset),
-        "extensions": len(hdr.extensions),
+        "extensions": len(hdr.extensions),  # those nibabel loaded; a large section is streamed, not loaded
+        "extension_bytes": (source.raw_extensions.length if source.raw_extensions is not None
+                            else int(hdr.extensions.get_sizeondisk())),
         "warnings": list(source.warnings),
     }
+
+
+def _relative_header(source: Source) -> dict[str, Any]:
+    """What ``lucid info`` shows of an Analyze or MGH header: data type, zooms, data offset, MGH's scan parameters."""
+    hdr = source.header
+    out: dict[str, Any] = {
+        "datatype": str(source.stored_dtype),
+        "zooms": [float(z) for z in hdr.get_zooms()],
+        "vox_offset": int(source.offset),
+        "data_file": source.data_path,
+    }
+    if source.meta.format == "mgh":
+        out.update({key: float(hdr[key]) for key in ("tr", "te", "ti", "flip_angle")})
+    return out
 
 
 def _text(value) -> str:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink, open_source, sink_name, stored_shape
+from lucid.io import LucidIOError, detect_format, dirs, primary_file, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
+from lucid.io.pywarnings import into_report
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
@@ -91,6 +92,7 @@ def pool3d_file(input, output=None, kernel_size=2, stride=None, padding=0, *,
     return run_job(PoolJob(input, output, kernel_size, stride, padding, **options), progress)
 
 
+@into_report
 def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport:
     """Run ``job``: open, plan, stream, commit (``PoolJob.run``)."""
     spec = pool_spec(job.input, job.kernel_size, job.stride, job.padding, job.dilation, job.ceil_mode,
@@ -105,7 +107,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
     seen: dict[str, Any] = {}
     for p in (job.output, job.grad_out, job.indices_out):
         if isinstance(p, (str, os.PathLike)):
-            identity = file_identity(detect_format(p)[1])
+            identity = file_identity(primary_file(p))  # a.hdr and a.img: one volume
             if identity in seen:
                 raise ValueError(f"{os.fspath(p)}: output, grad_out and indices_out must be different files "
                                  f"(same file as {os.fspath(seen[identity])})")
@@ -184,6 +186,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             "ceil_mode": spec.ceil_mode,
             "padding_mode": spec.padding_mode,
             "source": source.name,
+            "job": job.fingerprint(),  # lets a rerun (lucid batch) recognise this run's outputs
         }
         if job.make_dirs:
             created = dirs.make_dirs(detect_format(p)[1] for p in (job.output, job.grad_out, job.indices_out)
