@@ -35,6 +35,7 @@ from . import pool_options
 from . import report
 from .interrupts import STOP, Terminated
 from .preview import png_path, preview_command
+from .pyramid import pyramid_command
 from .progress import progress_bar, wanted
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPT, EXIT_PIPE, EXIT_TERM = 1, 2, 130, 141, 143
@@ -289,6 +290,7 @@ Examples:
 @click.argument("input", type=opt.VOLUME)
 @click.argument("output", type=opt.VOLUME)
 @pool_options.pooling
+@click.option("--level", type=click.IntRange(min=0), help="OME-Zarr input: the resolution level to pool [default: 0].")
 @click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
               help="Write the gradient map on the input grid (float32).")
 @click.option("--grad-in", metavar="FILE", type=opt.VOLUME,
@@ -306,7 +308,8 @@ Examples:
               help="After the run, draw input, output and gradient map side by side (needs the [preview] extra).")
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
-           padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
+           padding_mode: str, axes: str | None, dataset: str | None, level: int | None, out_dataset: str | None,
+           compression: str,
            zarr_format: str | None, shards, out_dtype: str | None, grad_out: str | None, grad_in: str | None,
            indices_out: str | None, memory_limit: int, threads: int | None, force: bool, make_dirs: bool,
            dry_run: bool, as_json: bool, quiet: bool, preview: str | None) -> None:
@@ -327,7 +330,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     with progress_bar(wanted(quiet) and not dry_run) as progress:
         job = PoolJob(
             input, output, kernel, stride, padding, dilation, ceil_mode, padding_mode, axes=axes, dataset=dataset,
-            grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
+            level=level, grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
             compression=compression, zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
             force=force, make_dirs=make_dirs, memory_limit=memory_limit, threads=threads, dry_run=dry_run,
         )
@@ -386,15 +389,17 @@ Examples:
 @click.argument("files", metavar="FILE...", nargs=-1, required=True, type=opt.ANY_PATH)
 @click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
 @click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
+@click.option("--level", type=click.IntRange(min=0), help="OME-Zarr resolution level [default: 0].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (one per line for several files).")
 @click.pass_context
-def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, as_json: bool) -> int:
+def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, level: int | None,
+         as_json: bool) -> int:
     if len(files) > 1:
-        return _info_many(ctx, files, dataset, axes, as_json)
+        return _info_many(ctx, files, dataset, axes, as_json, level)
     file = opt.VOLUME.convert(files[0], ctx.command.params[0], ctx)  # one file: a bad suffix is a usage error
     _check_dataset(file, dataset, "--dataset")
     ctx.meta["lucid.input"] = file
-    found = describe(file, dataset=dataset, axes=axes)
+    found = describe(file, dataset=dataset, axes=axes, level=level)
     if as_json:
         _print_json(found)
     else:
@@ -403,14 +408,14 @@ def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: 
 
 
 def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None,
-               as_json: bool) -> int:
+               as_json: bool, level: int | None = None) -> int:
     """One line (or JSON object) per file; each failure is its own ``Error:`` line."""
     rows: list[list[str]] = []
     failed = 0
     for file in files:
         try:
             _check_dataset(file, dataset, "--dataset")
-            found = describe(file, dataset=dataset, axes=axes)
+            found = describe(file, dataset=dataset, axes=axes, level=level)
         except (Exception, click.UsageError) as exc:
             if isinstance(exc, click.UsageError):
                 message = _one_line(exc.format_message())
@@ -433,6 +438,7 @@ def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, 
 
 
 main.add_command(preview_command)
+main.add_command(pyramid_command)
 
 
 CLEAN_HELP = """Remove the temporary files that killed lucid runs left in DIR.

@@ -140,6 +140,8 @@ def info_lines(d: dict[str, Any]) -> list[str]:
     """``lucid info`` text: the file, its datasets (HDF5) and the volume that would be pooled."""
     fmt = FORMAT_NAMES.get(d["format"], "NIfTI")
     v = d["volume"]
+    if v is not None and d["format"] == "zarr":
+        fmt = f"Zarr v{v['zarr_format']}" + (f", OME-Zarr {v['ome']['version']}" if v["ome"] else "")
     if v is not None and d["format"] == "nifti":
         fmt += f"-{v['nifti_version']}"
     out = [line("file", f"{d['path']} ({fmt}, {human_bytes(d['file_bytes'])})")]
@@ -166,6 +168,8 @@ def info_lines(d: dict[str, Any]) -> list[str]:
         out.append(line("scaling", f"scl_slope {number(v['scl_slope'])}, scl_inter {number(v['scl_inter'])}"))
     if d["format"] == "nifti":
         out += _nifti_lines(v)
+    elif d["format"] == "zarr":
+        out += _zarr_lines(v)
     elif d["format"] in ("analyze", "mgh"):
         out += [line("datatype", v["datatype"]), line("zooms", " x ".join(number(z) for z in v["zooms"])),
                 line("data", f"{v['data_file']} from byte {v['vox_offset']}")]
@@ -215,6 +219,30 @@ def _nifti_lines(v: dict[str, Any]) -> list[str]:
     if v["descrip"]:
         out.append(line("descrip", v["descrip"]))
     out += [line("warning", text) for text in v.get("warnings", ())]
+    return out
+
+
+
+
+def _zarr_lines(v: dict[str, Any]) -> list[str]:
+    storage = f"chunks {shape(v['chunks'])}" + (f", shards {shape(v['shards'])}" if v["shards"] else "")
+    storage += ", " + (" ".join(v["codecs"]) or "no codecs")
+    out = [line("storage", storage)]
+    ngff = v["ome"]
+    if ngff:
+        out.append(line("level", f"{ngff['level']} of {ngff['levels']} ({', '.join(ngff['paths'])})"
+                        + ("; a label image" if ngff["label"] else "")))
+        for i, axis in enumerate(ngff["axes"]):
+            unit = f" {axis['unit']}" if axis.get("unit") else ""
+            out.append(line("NGFF axes" if i == 0 else "",
+                            f"{axis.get('name')} ({axis.get('type', '-')}): scale {number(ngff['scale'][i])}{unit}, "
+                            f"translation {number(ngff['translation'][i])}{unit}"))
+    elif any(v["dim_labels"]):
+        out.append(line("dim labels", " ".join(str(lab or "-") for lab in v["dim_labels"])))
+    for i, (key, value) in enumerate(v["attrs"].items()):
+        if key == "lucid_affine":
+            continue
+        out.append(line("attributes" if i == 0 else "", f"{key} = {_attr(value)}"))
     return out
 
 

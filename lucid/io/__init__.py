@@ -108,8 +108,10 @@ def primary_file(path: str | os.PathLike) -> str:
     return pair[0] if pair is not None else file
 
 
-def open_source(path, *, dataset: str | None = None, axes: str | None = None) -> Source:
-    """Open a volume for reading: ``.h5/.hdf5/.hdf`` (``file.h5:/ds``), ``.nii``/``.nii.gz`` or an ndarray.
+def open_source(path, *, dataset: str | None = None, axes: str | None = None, level: int | None = None) -> Source:
+    """Open a volume for reading: ``.h5/.hdf5/.hdf`` (``file.h5:/ds``), ``.nii``/``.nii.gz``, ``.zarr`` or an ndarray.
+
+    ``level`` picks an OME-Zarr image's resolution level (default 0); other formats refuse it.
 
     Every problem with the file (missing, unreadable, truncated, not a volume,
     wrong dtype, ...) is a one-line :class:`LucidIOError` naming it.
@@ -119,6 +121,8 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"open_source needs a path or a numpy array, got {type(path).__name__}")
     fmt, file, ds = detect_format(path)
+    if level is not None and fmt != "zarr":
+        raise LucidIOError(f"{file}: --level needs an OME-Zarr image; this is a {fmt} file")
     if fmt == "nifti":
         if dataset is not None:
             raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
@@ -128,7 +132,7 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     if fmt == "zarr":
         from lucid.io.zarr import ZarrSource
 
-        return ZarrSource(file, dataset if dataset is not None else ds, axes=axes)
+        return ZarrSource(file, dataset if dataset is not None else ds, axes=axes, level=level)
     from lucid.io.hdf5 import HDF5Source
 
     return HDF5Source(file, dataset if dataset is not None else ds, axes=axes)
@@ -265,10 +269,15 @@ def open_sink(
             raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
         return open_nibabel_sink(file, shape, dtype, scale=scale, **common)
     if fmt == "zarr":
+        from lucid.io.ome_zarr import OmeZarrSink, is_ome_path
         from lucid.io.zarr import ZarrSink
 
         if file.lower().endswith(".zip"):
             raise LucidIOError(f"{file}: zip stores are read-only; write a .zarr directory")
+        if is_ome_path(file):
+            if dataset or (ds and ds.strip("/")):
+                raise LucidIOError(f"{file}: an OME-Zarr output holds the image at its root; name no array in it")
+            return OmeZarrSink(file, shape, dtype, shards=shards, zarr_format=zarr_format, **common)
         return ZarrSink(file, shape, dtype, array=dataset if dataset is not None else ds, scale=scale,
                         zarr_format=zarr_format, shards=shards, **common)
     from lucid.io.hdf5 import HDF5Sink

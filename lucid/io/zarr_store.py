@@ -63,9 +63,10 @@ class DirectoryTarget(AtomicTarget):
             return
         if self.aborted:
             raise LucidIOError(f"{self.display}: cannot commit an aborted output")
+        linked = getattr(self, "linked", set())  # hard links to input files: as durable as the input
         try:
             for root, dirs, files in os.walk(self.tmp):
-                for entry in files + dirs:
+                for entry in (files if root not in linked else []) + dirs:
                     fd = os.open(os.path.join(root, entry), os.O_RDONLY)
                     try:
                         os.fsync(fd)

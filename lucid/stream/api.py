@@ -87,7 +87,7 @@ def pool3d_file(input, output=None, kernel_size=2, stride=None, padding=0, *,
     ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
     above the machine's memory is kept, each with a line in ``report.warnings``.
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
-    (and removes them again if the run fails).
+    (and removes them again if the run fails).  ``level`` picks an OME-Zarr input's resolution level.
     """
     return run_job(PoolJob(input, output, kernel_size, stride, padding, **options), progress)
 
@@ -117,7 +117,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
     sinks: list = []
     created: list = []
     try:
-        source = open_source(job.input, dataset=job.dataset, axes=job.axes)
+        source = open_source(job.input, dataset=job.dataset, axes=job.axes, level=job.level)
         opened.append(source)
         check_dtype(source.dtype)
         out_dtype = np.dtype(job.out_dtype) if job.out_dtype is not None else source.dtype
@@ -141,6 +141,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
                 what=source.name,
                 reader_overhead=source.reader_overhead(),
                 cached_input=source.caches_slab,
+                whole_chunks=getattr(source, "whole_chunks", False),
             )
             _check_fits_machine(plan.slab_bytes, spec, source.name)  # a limit above the machine's memory lets it through
         except MemoryLimitError as exc:
@@ -161,6 +162,8 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
         report.warnings += machine_warnings
         protect = [_protected(g, f) for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
+        if source.meta.extra.get("ome"):
+            report.extra["ome_level"] = source.meta.extra["ome"]["level"]
         if job.dry_run:
             report.dry_run = True
             for target, ds in ((job.output, job.out_dataset), (job.grad_out, None), (job.indices_out, None)):
@@ -212,6 +215,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
         )
         for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
             src.check_complete()
+        report.warnings.extend(w for s in sinks for w in getattr(s, "warnings", ()))
         for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
             sink.prepare()
         for sink in sinks:

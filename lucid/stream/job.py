@@ -45,6 +45,7 @@ class PoolJob:
     # reading
     axes: str | None = None
     dataset: str | None = None
+    level: int | None = None  # an OME-Zarr input's resolution level (default 0)
     grad_in: str | None = None
     # writing
     out_dataset: str | None = None
