@@ -105,6 +105,7 @@ def test_outputs_carry_the_job_fingerprint_and_a_changed_input_or_parameter_chan
     assert output_fingerprints(job.output) == {job.fingerprint()}
     assert output_fingerprints(other.output) == {other.fingerprint()}
     assert PoolJob(job.input, job.output, 3).fingerprint() != job.fingerprint()
+    assert PoolJob(job.input, job.output, 2, level=1).fingerprint() != job.fingerprint()
     assert PoolJob(job.input, "elsewhere.nii", 2, threads=1, memory_limit="2M").fingerprint() == job.fingerprint()
     nifti(tmp_path / "a.nii.gz", seed=1)
     os.utime(tmp_path / "a.nii.gz", ns=(1, 1))

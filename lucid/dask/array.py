@@ -142,7 +142,8 @@ def max_pool3d_backward(x, grad_output, kernel_size=1, stride=None, padding=0, *
         grad_output = da.from_array(np.asarray(grad_output))
     want = x.shape[: x.ndim - 3] + tuple(w.size_out for w in windows)
     if tuple(grad_output.shape) != want:
-        raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}; max_pool3d of {tuple(x.shape)} gives {want}")
+        raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}; "
+                         f"max_pool3d of {tuple(x.shape)} gives {want}")
     dtype, gdtype = np.dtype(x.dtype), np.dtype(grad_output.dtype)
     mults = maxpool.code_mults(windows, (0, 1, 2))  # PyTorch's row-major order for the sums
     rows = in_chunks or [max(x.chunks[a]) for a in axes]

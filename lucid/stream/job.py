@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_MEMORY_LIMIT = "512M"
 # what a job's outputs depend on, besides its input files (not where they go, nor memory or threads)
 _CONTENT_FIELDS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "padding_mode", "axes", "dataset",
-                   "out_dtype", "grad_dtype", "compression", "zarr_format", "shards")
+                   "level", "out_dtype", "grad_dtype", "compression", "zarr_format", "shards")
 
 
 @dataclass(frozen=True)
