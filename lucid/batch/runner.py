@@ -87,7 +87,8 @@ def run_file(job: PoolJob) -> FileResult:
         if exc.errno in TRANSIENT_ERRNOS:
             raise TransientError(one_line(exc, job.input)) from None
         return FileResult(job.input, job.output, "failed", one_line(exc, job.input), time.perf_counter() - start)
-    size = os.path.getsize(detect_format(job.input)[1]) if os.path.isfile(detect_format(job.input)[1]) else 0
+    file = detect_format(job.input)[1]
+    size = os.path.getsize(file) if os.path.isfile(file) else 0  # a Zarr store is a directory: not counted
     return FileResult(job.input, job.output, "done", None, time.perf_counter() - start, size, list(report.warnings))
 
 
@@ -102,7 +103,8 @@ def is_done(job: PoolJob) -> bool:
 
 def _adds_dataset(output: str) -> bool:
     """``file.h5:/name`` may add a dataset to an existing file; the run itself refuses an existing dataset."""
-    return detect_format(output)[0] == "hdf5" and detect_format(output)[2] is not None
+    fmt, _, dataset = detect_format(output)
+    return fmt == "hdf5" and dataset is not None
 
 
 def _cpus() -> int:

@@ -98,6 +98,7 @@ def max_pool3d(x, kernel_size=1, stride=None, padding=0, *, dilation=1, ceil_mod
     shape of the pooled axes; by default each block covers about one input chunk.  Equal, bit for
     bit, to ``lucid.nn.functional.max_pool3d`` on the computed array.
     """
+    _dask_array()  # without dask: the line naming the extra
     from dask.base import tokenize
 
     spec, windows, axes, pad_value = _setup(x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
