@@ -57,6 +57,9 @@ Examples:
               help="3: NGFF 0.5 (default); 2: NGFF 0.4.")
 @click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
               callback=opt.compression_text, help="none, gzip[:N], zstd[:N], blosc[:NAME[:N]].")
+@click.option("--shards", metavar="SHAPE", callback=opt.shards_text,
+              help="Zarr v3: shard shape of level 0 in the stored axis order (multiples of the chunks; smaller "
+                   "levels clip it), or auto (each level's whole plane, rows within --memory-limit).")
 @click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
               help="Memory for slab and level buffers: bytes or K/M/G/T, at least 1M.")
 @click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N", help="Compute threads [default: all cores].")
@@ -68,7 +71,7 @@ Examples:
 @click.pass_context
 def pyramid_command(ctx: click.Context, input: str, output: str, factors, levels: int | None, isotropic: bool,
                     method: str, force_method: bool, dataset: str | None, level: int | None, axes: str | None,
-                    zarr_format: str | None, compression: str, memory_limit: int, threads: int | None,
+                    zarr_format: str | None, compression: str, shards, memory_limit: int, threads: int | None,
                     no_copy: bool, force: bool, as_json: bool, quiet: bool) -> None:
     from lucid.pyramid import pyramid_file
 
@@ -78,7 +81,7 @@ def pyramid_command(ctx: click.Context, input: str, output: str, factors, levels
                               force_method=force_method, dataset=dataset, axes=axes, level=level,
                               zarr_format=int(zarr_format) if zarr_format else None, compression=compression,
                               memory_limit=memory_limit, threads=threads, force=force, no_copy=no_copy,
-                              progress=STOP.guard(progress))
+                              shards=shards, progress=STOP.guard(progress))
     for text in result.warnings:
         click.echo(f"Warning: {text}", err=True)
     data = result.to_dict()

@@ -137,7 +137,8 @@ class _Stage:
 
 
 class _Rows:
-    """One level's rows along the slab axis, handed on in whole chunks (the last chunk may end the axis)."""
+    """One level's rows along the slab axis, handed on in whole chunks or shards (``chunk_rows``: the
+    chunk's or shard's extent along the slab axis; the last one may end the axis)."""
 
     def __init__(self, level, shape, slab_axis: int, chunk_rows: int, emit):
         self.level, self.shape, self.axis, self.chunk, self.emit = level, shape, slab_axis, chunk_rows, emit
@@ -186,15 +187,52 @@ def _chunks(shape, pooled, slab_axis: int, itemsize: int, slab_chunk: int) -> tu
     return tuple(out)
 
 
-def _estimate(rows: int, in_plane: int, planes, factors, chunk_rows: int, itemsize: int, cached: bool,
+def _estimate(rows: int, in_plane: int, planes, factors, write_rows: Sequence[int], itemsize: int, cached: bool,
               copy0: bool = True) -> int:
     """Peak bytes for ``rows`` input rows per slab: reader, queue, compute and a carry's
     concatenation, level 0's buffer and writes in flight (``copy0``), then each level's carry,
-    buffer and writes."""
-    total = in_plane * itemsize * ((5 if cached else 4) * rows + (2 * (rows + chunk_rows) if copy0 else 0))
-    for plane, f in zip(planes, factors):
-        total += plane * itemsize * 3 * (-(-rows // f) + chunk_rows + f)
+    buffer and writes (``write_rows``: each level's rows per write, a chunk's or a shard's)."""
+    total = in_plane * itemsize * ((5 if cached else 4) * rows + (2 * (rows + write_rows[0]) if copy0 else 0))
+    for plane, f, w in zip(planes, factors, write_rows[1:]):
+        total += plane * itemsize * 3 * (-(-rows // f) + w + f)
     return total
+
+
+def _level_shards(shapes, chunks, axis: int, outer, limit: int, itemsize: int, shards, perm):
+    """Each level's shard shape (source order), or None per level when ``shards`` is None/False.
+
+    ``True``/"auto": the whole level across the slab (every axis but the slab axis and the
+    outer axes, rounded up to whole chunks) and, along the slab axis, as many chunk rows as
+    keep every level's shard buffer together within ``limit / 4``.  A shape (stored order,
+    one entry per axis, multiples of level 0's chunks, 1 on the outer carried axes): level 0
+    uses it; smaller levels clip it to their chunk-rounded extent.  Whole shards are written
+    by one thread (zarr-python cannot merge partial shard writes)."""
+    if not shards:
+        return [None] * len(shapes)
+    whole = [tuple(-(-n // c) * c for n, c in zip(s, ch)) for s, ch in zip(shapes, chunks)]
+    if shards is True or shards == "auto":
+        step = chunks[0][axis]
+        planes = [math.prod(n for a, n in enumerate(w) if a != axis and a not in outer) for w in whole]
+        m = max(1, limit // 4 // max(1, step * sum(planes) * itemsize))
+        out = []
+        for w, ch in zip(whole, chunks):
+            sh = [1 if a in outer else n for a, n in enumerate(w)]
+            sh[axis] = min(w[axis], max(ch[axis], (m * step) // ch[axis] * ch[axis]))
+            out.append(tuple(sh))
+        return out
+    stored = tuple(int(v) for v in shards)
+    if len(stored) != len(shapes[0]):
+        raise ValueError(f"shards {stored}: need one extent per axis ({len(shapes[0])})")
+    src = [0] * len(stored)
+    for j, a in enumerate(perm):
+        src[a] = stored[j]
+    stored_chunks = tuple(chunks[0][a] for a in perm)
+    if any(v <= 0 or v % c for v, c in zip(stored, stored_chunks)):
+        raise ValueError(f"shards {stored} must be multiples of level 0's chunks {stored_chunks}")
+    if any(src[a] != 1 for a in outer):
+        raise ValueError(f"shards {stored}: must be 1 along the carried axes stored before the slab axis "
+                         f"(positions {[perm.index(a) for a in outer]}), which are written one index at a time")
+    return [tuple(min(v, n) for v, n in zip(src, w)) for w in whole]
 
 
 def _order(source: Source, method: str):
@@ -207,7 +245,8 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
                  method: str = "max", force_method: bool = False, dataset: str | None = None,
                  axes: str | None = None, level: int | None = None, zarr_format: int | None = None,
                  compression: str = DEFAULT_COMPRESSION, memory_limit="512M", threads: int | None = None,
-                 force: bool = False, no_copy: bool = False, progress: Progress | None = None) -> PyramidReport:
+                 force: bool = False, no_copy: bool = False, shards=None,
+                 progress: Progress | None = None) -> PyramidReport:
     """Write ``output`` (a ``.zarr`` directory) as an NGFF multiscale image of ``input``.
 
     ``factors``: one int or one per pooled axis (file order) for each step; ``levels``
@@ -217,6 +256,8 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
     refused unless ``force_method``.  NGFF 0.5 + Zarr v3, or 0.4 + v2 with ``zarr_format=2``.
     ``no_copy`` (a Zarr input of the output's Zarr format, stored in NGFF axis order): level 0
     hard-links the input's chunk files instead of copying them (:meth:`OmeStore.link_level`).
+    ``shards`` (Zarr v3): True or "auto", or a shard shape in the stored axis order; see
+    :func:`_level_shards`.  One thread writes each shard whole, once.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -239,11 +280,16 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
             raise LucidIOError(f"{source.name}: is an NGFF label image (image-label): {method} pooling keeps the "
                                f"{'largest' if method == 'max' else 'smallest'} label id of each window, not the "
                                "most common one; use --force-method to pool it anyway")
-        job = _Job.create(source, factors, levels, isotropic, limit, copy0=not no_copy)
         frames = [ome.frame_of(source.meta, source.layout, source.name)]
+        perm = ome.storage_order(frames[0].axes, source.order)
+        if shards and zarr_format is not None and int(zarr_format) == 2:
+            raise LucidIOError(f"{os.fspath(output)}: sharding needs Zarr format 3")
+        try:
+            job = _Job.create(source, factors, levels, isotropic, limit, copy0=not no_copy, shards=shards, perm=perm)
+        except ValueError as exc:
+            raise LucidIOError(f"{os.fspath(output)}: {exc}") from None
         for step in job.steps:
             frames.append(frames[-1].pooled(source.layout.pooled, level_spec(step)))
-        perm = ome.storage_order(frames[0].axes, source.order)
         try:
             ome.check_ngff_axes([frames[0].axes[a] for a in perm])
         except ome.NGFFError as exc:
@@ -270,10 +316,12 @@ def pyramid_file(input, output, *, factors=2, levels: int | None = None, isotrop
                 arrays.append(None)
                 continue
             stored_chunks = [job.chunks[i][a] for a in perm]
+            stored_shards = None if job.shards[i] is None else [job.shards[i][a] for a in perm]
             arrays.append(store.add_level(str(i), shape, source.dtype, stored_chunks, perm, frame.axes,
-                                          compressors=compressor, attributes=attrs))
+                                          compressors=compressor, shards=stored_shards, attributes=attrs))
         if link is not None:
             report.levels[0]["chunks"] = list(source.meta.extra.get("chunks") or [])
+            report.levels[0]["shards"] = list(source.meta.extra["shards"]) if source.meta.extra.get("shards") else None
             report.levels[0]["linked"] = link
         import lucid
 
@@ -320,9 +368,11 @@ class _Job:
     rows: int  # input rows per slab
     estimate: int
     outer: tuple[int, ...]
+    shards: list[tuple[int, ...] | None]  # per level, source order; None: unsharded
 
     @classmethod
-    def create(cls, source: Source, factors, levels, isotropic: bool, limit: int, copy0: bool = True) -> "_Job":
+    def create(cls, source: Source, factors, levels, isotropic: bool, limit: int, copy0: bool = True,
+               shards=None, perm: Sequence[int] | None = None) -> "_Job":
         pooled, axis, b = source.layout.pooled, source.slab_axis, source.dtype.itemsize
         outer = outer_axes(source.ndim, pooled, axis, source.order)
         shape = source.shape
@@ -340,11 +390,14 @@ class _Job:
                 nxt[a] = -(-nxt[a] // step[j])
             shapes.append(tuple(nxt))
         chunks = [_chunks(s, pooled, axis, b, slab_chunk) for s in shapes]
+        level_shards = _level_shards(shapes, chunks, axis, outer, limit, b, shards,
+                                     tuple(perm) if perm is not None else tuple(range(len(shape))))
+        write_rows = [sh[axis] if sh else ch[axis] for sh, ch in zip(level_shards, chunks)]
         planes = [math.prod(n for a, n in enumerate(s) if a != axis and a not in outer) for s in shapes[1:]]
         cumulative = list(itertools.accumulate((s[pooled.index(axis)] for s in steps), lambda x, y: x * y))
 
         def estimate(rows: int) -> int:
-            return _estimate(rows, in_plane, planes, cumulative, slab_chunk, b, source.caches_slab, copy0) \
+            return _estimate(rows, in_plane, planes, cumulative, write_rows, b, source.caches_slab, copy0) \
                 + source.reader_overhead()
 
         n = shape[axis]
@@ -370,7 +423,7 @@ class _Job:
             rows -= rows % align
         elif rows >= source.chunk_rows > 1:
             rows -= rows % source.chunk_rows
-        return cls(steps, shapes, chunks, rows, estimate(rows), outer)
+        return cls(steps, shapes, chunks, rows, estimate(rows), outer, level_shards)
 
     def report(self, source: Source, store: OmeStore, frames, perm, method: str, limit: int) -> PyramidReport:
         levels = []
@@ -379,6 +432,7 @@ class _Job:
             levels.append({"path": str(i), "shape": [shape[a] for a in perm],
                            "factors": [1, 1, 1] if i == 0 else list(self.steps[i - 1]),
                            "chunks": [self.chunks[i][a] for a in perm],
+                           "shards": None if self.shards[i] is None else [self.shards[i][a] for a in perm],
                            "scale": ct[0]["scale"], "translation": ct[1]["translation"]})
         slabs = math.prod(source.shape[a] for a in self.outer) * -(-source.shape[source.slab_axis] // self.rows)
         return PyramidReport(
@@ -445,7 +499,7 @@ def _stream(source: Source, job: _Job, arrays, order, threads, progress: Progres
             raise errors[0]
         put(outbox, (lvl, box, data))
 
-    rows = [_Rows(i, shape, axis, job.chunks[i][axis], emit if arrays[i] is not None else None)
+    rows = [_Rows(i, shape, axis, (job.shards[i] or job.chunks[i])[axis], emit if arrays[i] is not None else None)
             for i, shape in enumerate(job.shapes)]
     workers = [threading.Thread(target=reader, name="lucid-pyramid-reader", daemon=True),
                threading.Thread(target=writer, name="lucid-pyramid-writer", daemon=True)]

@@ -317,3 +317,89 @@ def test_no_copy_links_level_0(tmp_path):
     with pytest.raises(LucidIOError, match="--no-copy needs a Zarr v2 input"):
         pyramid_file(str(tmp_path / "in.zarr"), str(tmp_path / "q.ome.zarr"), zarr_format=2, no_copy=True)
     assert not os.path.exists(tmp_path / "q.ome.zarr") and no_leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------ shards
+
+
+def _record_writes(monkeypatch):
+    """Every (level path, stored box) a pyramid writes."""
+    from lucid.io import ome_zarr
+
+    seen = []
+    real = ome_zarr.LevelArray.write
+
+    def write(self, index, data):
+        seen.append((self.name.rsplit("/", 1)[-1], tuple(index[a] for a in self.perm)))
+        return real(self, index, data)
+
+    monkeypatch.setattr(ome_zarr.LevelArray, "write", write)
+    return seen
+
+
+def _whole_shards(box, shape, shards) -> bool:
+    return all(s.start % sh == 0 and (s.stop % sh == 0 or s.stop == n) for s, n, sh in zip(box, shape, shards))
+
+
+@pytest.mark.parametrize("shards", [True, (1, 64, 128, 64)])
+def test_sharded_levels_read_back_with_zarr_and_ome_zarr(tmp_path, monkeypatch, shards):
+    a = rng_volume((2, 70, 150, 130), np.uint16)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("data", data=a, chunks=(1, 8, 150, 130))
+    seen = _record_writes(monkeypatch)
+    import lucid.pyramid as pyr
+
+    create = pyr._Job.create
+
+    def nine_rows(*args, **kw):  # several slabs of 9 rows: every shard is assembled from several reads
+        job = create(*args, **kw)
+        job.rows = 9
+        return job
+
+    monkeypatch.setattr(pyr._Job, "create", nine_rows)
+    r = pyramid_file(str(tmp_path / "s.h5"), str(tmp_path / "p.ome.zarr"), axes="czyx", levels=4, shards=shards)
+    for lv in r.levels:
+        arr = zarr.open_array(str(tmp_path / "p.ome.zarr" / lv["path"]), mode="r")
+        assert list(arr.shards) == lv["shards"] and list(arr.chunks) == lv["chunks"]
+        assert all(s % c == 0 or s == n for s, c, n in zip(arr.shards, arr.chunks, arr.shape))
+        boxes = [box for path, box in seen if path == lv["path"]]
+        assert boxes and all(_whole_shards(b, arr.shape, arr.shards) for b in boxes)
+        covered = [(b[1].start, b[1].stop) for b in boxes if b[0].start == 0]
+        assert len(covered) == len(set(covered))  # no shard written twice
+    if shards is not True:
+        assert r.levels[0]["shards"] == [1, 64, 128, 64] and r.levels[2]["shards"] == [1, 18, 38, 33]
+    want = in_memory(a, (1, 2, 3), [tuple(lv["factors"]) for lv in r.levels[1:]])
+    for g, w in zip(levels_of(tmp_path / "p.ome.zarr"), want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        node = list(Reader(parse_url(str(tmp_path / "p.ome.zarr")))())[0]
+        for d, w in zip(node.data, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(d), w)
+
+
+def test_cli_shards_auto_and_refusals(tmp_path):
+    a = rng_volume((40, 40, 40), np.float32)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("data", data=a)
+    code, out, err = _cli("pyramid", str(tmp_path / "s.h5"), str(tmp_path / "p.ome.zarr"), "--levels", "3",
+                          "--shards", "auto", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert all(lv["shards"] is not None for lv in r["levels"])
+    assert zarr.open_array(str(tmp_path / "p.ome.zarr" / "2"), mode="r").shards is not None
+    for i, w in enumerate(in_memory(a, (0, 1, 2), [(2, 2, 2)] * 2)):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.ome.zarr" / str(i)), mode="r")[...], w)
+    code, _, err = _cli("pyramid", str(tmp_path / "s.h5"), str(tmp_path / "v2.ome.zarr"), "--shards", "auto",
+                        "--zarr-format", "2")
+    assert code == 1 and "sharding needs Zarr format 3" in _one_error(err)
+    code, _, err = _cli("pyramid", str(tmp_path / "s.h5"), str(tmp_path / "b.ome.zarr"), "--shards", "30,40,40")
+    assert code == 1 and "multiples of level 0's chunks" in _one_error(err)
+    code, _, err = _cli("pyramid", str(tmp_path / "s.h5"), str(tmp_path / "b.ome.zarr"), "--shards", "40,40")
+    assert code == 1 and "one extent per axis" in _one_error(err)
+    assert not os.path.exists(tmp_path / "v2.ome.zarr") and not os.path.exists(tmp_path / "b.ome.zarr")
+    assert no_leftovers(tmp_path)
