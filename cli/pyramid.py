@@ -21,8 +21,11 @@ PYRAMID_HELP = """Write a multiscale max pyramid of INPUT as one OME-Zarr image 
 Level 0 is a copy of INPUT; level i+1 is level i max-pooled with kernel =
 stride = the factors (-k, default 2 per pooled axis), ceil mode, no padding,
 exactly as `lucid pool3d -k F --ceil-mode` would make it. All levels come from
-one streaming read of INPUT within --memory-limit. Levels stop before one
-would be smaller than a chunk, or at --levels N (level 0 included). With a
+one streaming read of INPUT within --memory-limit. By default a step pools
+only the axes still longer than one chunk, and the first level that fits in
+one chunk is the last; chunks are 64 voxels per pooled axis, or for a short
+axis a power of two near a quarter of it (64x64x48: chunks 16, levels
+64x64x48, 32x32x24, 16x16x12). --levels N sets the count (level 0 included). With a
 known voxel size an axis is pooled only while its voxel is not coarser than
 the others (0.2 x 0.2 x 1.0 um: 2x2x1 steps first, then 2x2x2); --no-isotropic
 pools every axis at every step. Scales and voxel-centre translations follow
@@ -44,7 +47,7 @@ Examples:
 @click.option("-k", "--factors", default="2", show_default=True, metavar="F", callback=opt.per_axis(1),
               help="Pooling factor per step: one integer or three (2,2,1 or 2x2x1).")
 @click.option("--levels", type=click.IntRange(min=1), metavar="N",
-              help="Number of levels, level 0 included [default: until a level would be smaller than a chunk].")
+              help="Number of levels, level 0 included [default: until a level fits in one chunk].")
 @click.option("--isotropic/--no-isotropic", default=True, show_default=True,
               help="Pool an axis only while its voxel is not coarser than the others.")
 @click.option("--method", type=click.Choice(["max", "min"]), default="max", show_default=True,
@@ -94,13 +97,16 @@ def pyramid_command(ctx: click.Context, input: str, output: str, factors, levels
 def summary(r: dict) -> list[str]:
     """One line per level: path, shape, factors, scale and translation, in the stored axis order."""
     axes = ",".join(r["axes"])
-    out = [f"{r['input']} -> {r['output']}: {len(r['levels'])} levels, {r['method']}, "
+    n = len(r["levels"])
+    out = [f"{r['input']} -> {r['output']}: {n} level{'' if n == 1 else 's'}, {r['method']}, "
            f"NGFF {r['ngff_version']} (Zarr v{r['zarr_format']}), axes {axes}"]
     for lv in r["levels"]:
         out.append(f"  {lv['path']}: {shape(lv['shape'])}  x{shape(lv['factors'])}  "
                    f"scale {' '.join(number(v) for v in lv['scale'])}  "
                    f"translation {' '.join(number(v) for v in lv['translation'])}")
-    out.append(f"  {r['slabs']} slabs of {r['rows_per_slab']} rows; {r['seconds']:.2f} s, peak memory "
+    slabs, rows = r["slabs"], r["rows_per_slab"]
+    out.append(f"  {slabs} slab{'' if slabs == 1 else 's'} of {rows} row{'' if rows == 1 else 's'}; "
+               f"{r['seconds']:.2f} s, peak memory "
                f"{r['peak_memory_mib']:.0f} MiB (estimate {human_bytes(r['memory_estimate'])}, "
                f"limit {human_bytes(r['memory_limit'])})")
     return out

@@ -41,6 +41,7 @@ from lucid.stream.plan import PIPELINE_SLAB_BYTES, MemoryLimitError, parse_size
 Progress = Callable[[int, int, int], None]  # (slabs done, slabs total, bytes read)
 METHODS = ("max", "min")
 MAX_LEVELS = 32
+MIN_CHUNK = 8  # the smallest chunk edge chunk_edges picks for a short axis
 ANISOTROPY = 1 - 1e-9  # an axis is pooled while voxel < factor * finest voxel (rounding aside)
 
 
@@ -75,9 +76,10 @@ def plan_factors(sizes: Sequence[int], spacing: Sequence[float] | None, factors:
 
     With ``isotropic`` and a known ``spacing`` an axis is pooled only while its voxel
     is finer than ``factor`` times the finest voxel (0.2 x 0.2 x 1.0 gets 1x2x2 steps
-    first, then 2x2x2).  ``levels`` None: stop before a step that would make a pooled
-    axis smaller than its chunk (axes already within one chunk are not pooled); else
-    make ``levels`` levels in all (fewer when nothing is left to pool)."""
+    first, then 2x2x2).  ``levels`` None: a step pools only the axes still longer than
+    their ``chunks`` edge, and the pyramid ends with the first level that fits in one
+    chunk along every axis (or that nothing may pool); else make ``levels`` levels in all
+    (fewer when nothing is left to pool)."""
     dims = [int(n) for n in sizes]
     size = None if spacing is None else [float(v) for v in spacing]
     steps: list[tuple[int, ...]] = []
@@ -92,8 +94,6 @@ def plan_factors(sizes: Sequence[int], spacing: Sequence[float] | None, factors:
         if all(f == 1 for f in step):
             break
         nxt = [-(-d // f) for d, f in zip(dims, step)]
-        if levels is None and any(f > 1 and n < chunks[a] for a, (n, f) in enumerate(zip(nxt, step))):
-            break
         steps.append(tuple(step))
         dims = nxt
         if size is not None:
@@ -177,13 +177,26 @@ class _Rows:
         self.emit(self.level, tuple(box), data)
 
 
-def _chunks(shape, pooled, slab_axis: int, itemsize: int, slab_chunk: int) -> tuple[int, ...]:
-    """Source-order chunk shape of every level: 64 (32 for 8-byte values) along pooled axes,
-    ``slab_chunk`` along the slab axis, 1 along carried axes."""
+def chunk_edges(shape, pooled, itemsize: int) -> dict[int, int]:
+    """The chunk edge of every level along each pooled axis, from level 0's ``shape``: 64 voxels
+    (32 for 8-byte values), but for a short axis the smallest power of two that is at least a
+    quarter of its extent (8 at least), so a small volume still gets levels: 64x64x48 has
+    16x16x16 chunks and levels 64x64x48, 32x32x24, 16x16x12."""
     edge = 64 if itemsize <= 4 else 32
+    out = {}
+    for a in pooled:
+        quarter = -(-int(shape[a]) // 4)
+        out[a] = min(edge, max(MIN_CHUNK, 1 << max(0, quarter - 1).bit_length()))
+    return out
+
+
+def _chunks(shape, pooled, slab_axis: int, edges: dict[int, int], slab_chunk: int) -> tuple[int, ...]:
+    """Source-order chunk shape of a level: ``edges`` along pooled axes (``slab_chunk``, which
+    the memory limit may make thinner, along the slab axis), capped at the level's extent; 1
+    along carried axes."""
     out = [1] * len(shape)
     for a in pooled:
-        out[a] = max(1, min(edge if a != slab_axis else slab_chunk, int(shape[a])))
+        out[a] = max(1, min(edges[a] if a != slab_axis else slab_chunk, int(shape[a])))
     return tuple(out)
 
 
@@ -377,19 +390,20 @@ class _Job:
         outer = outer_axes(source.ndim, pooled, axis, source.order)
         shape = source.shape
         in_plane = math.prod(n for a, n in enumerate(shape) if a != axis and a not in outer)
-        slab_chunk = 64 if b <= 4 else 32
+        edges = chunk_edges(shape, pooled, b)
+        slab_chunk = edges[axis]
         while slab_chunk > 1 and slab_chunk * in_plane * b > limit // 8:  # level 0's buffer stays small
             slab_chunk //= 2
-        chunk0 = _chunks(shape, pooled, axis, b, slab_chunk)
-        steps = plan_factors([shape[a] for a in pooled], source.meta.spacing, factors, [chunk0[a] for a in pooled], levels,
-                             isotropic)
+        # the levels depend on the nominal chunk edges, never on the memory limit
+        steps = plan_factors([shape[a] for a in pooled], source.meta.spacing, factors, [edges[a] for a in pooled],
+                             levels, isotropic)
         shapes = [tuple(shape)]
         for step in steps:
             nxt = list(shapes[-1])
             for j, a in enumerate(pooled):
                 nxt[a] = -(-nxt[a] // step[j])
             shapes.append(tuple(nxt))
-        chunks = [_chunks(s, pooled, axis, b, slab_chunk) for s in shapes]
+        chunks = [_chunks(s, pooled, axis, edges, slab_chunk) for s in shapes]
         level_shards = _level_shards(shapes, chunks, axis, outer, limit, b, shards,
                                      tuple(perm) if perm is not None else tuple(range(len(shape))))
         write_rows = [sh[axis] if sh else ch[axis] for sh, ch in zip(level_shards, chunks)]

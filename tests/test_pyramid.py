@@ -55,7 +55,9 @@ def test_plan_factors_isotropic_and_stop_rules():
     assert plan_factors((8, 8, 8), (0.5, 0.5, 1.0), (2, 2, 2), (4, 4, 4), levels=3) == [(2, 2, 1), (2, 2, 2)]
     # automatic: stop before a pooled axis falls below its chunk; axes within one chunk are not pooled
     assert plan_factors((512, 512, 30), None, (2, 2, 2), (64, 64, 30)) == [(2, 2, 1)] * 3
-    assert plan_factors((100, 100, 100), None, (2, 2, 2), (64, 64, 64)) == []
+    assert plan_factors((100, 100, 100), None, (2, 2, 2), (64, 64, 64)) == [(2, 2, 2)]  # 50 fits in one chunk
+    assert plan_factors((64, 64, 64), None, (2, 2, 2), (64, 64, 64)) == []  # level 0 fits in one chunk
+    assert plan_factors((300, 100, 30), None, (2, 2, 2), (64, 64, 8)) == [(2, 2, 2), (2, 1, 2), (2, 1, 1)]
     assert plan_factors((1, 1, 9), None, (2, 2, 2), (1, 1, 1), levels=10) == [(1, 1, 2)] * 4  # 9 5 3 2 1
     assert plan_factors((64, 64, 64), None, (2, 2, 1), (8, 8, 8)) == [(2, 2, 1)] * 3
 
@@ -403,3 +405,45 @@ def test_cli_shards_auto_and_refusals(tmp_path):
     assert code == 1 and "one extent per axis" in _one_error(err)
     assert not os.path.exists(tmp_path / "v2.ome.zarr") and not os.path.exists(tmp_path / "b.ome.zarr")
     assert no_leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------ the default stop rule
+
+
+def test_chunk_edges_shrink_for_short_axes():
+    from lucid.pyramid import chunk_edges
+
+    got = {n: chunk_edges((n,), (0,), 4)[0] for n in (1, 9, 30, 48, 64, 100, 200, 256, 4096)}
+    assert got == {1: 8, 9: 8, 30: 8, 48: 16, 64: 16, 100: 32, 200: 64, 256: 64, 4096: 64}
+    assert chunk_edges((4096,), (0,), 8)[0] == 32
+
+
+def test_small_ct_sample_gets_levels_and_singular_wording(tmp_path):
+    ct = os.path.join(os.path.dirname(__file__), "..", "sample_data", "ct_phantom.nii.gz")
+    code, out, err = _cli("pyramid", ct, str(tmp_path / "ct.ome.zarr"), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert [lv["shape"] for lv in r["levels"]] == [[48, 64, 64], [24, 32, 32], [12, 16, 16]]
+    assert [lv["chunks"] for lv in r["levels"]] == [[16, 16, 16], [16, 16, 16], [12, 16, 16]]
+    code, _, err = _cli("pyramid", ct, str(tmp_path / "one.ome.zarr"), "--levels", "1")
+    assert code == 0, err
+    assert ": 1 level, max," in err and "1 slab of 48 rows;" in err
+    code, _, err = _cli("pyramid", ct, str(tmp_path / "ct2.ome.zarr"))
+    assert ": 3 levels, max," in err
+
+
+def test_default_levels_do_not_depend_on_the_memory_limit(tmp_path):
+    a = rng_volume((300, 40, 36), np.uint8, seed=9)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("data", data=a)
+    shapes = []
+    for i, limit in enumerate(["1M", "512M"]):
+        r = pyramid_file(str(tmp_path / "in.h5"), str(tmp_path / f"p{i}.ome.zarr"), memory_limit=limit)
+        shapes.append([lv["shape"] for lv in r.levels])
+        last = r.levels[-1]
+        assert all(n <= c for n, c in zip(last["shape"], last["chunks"])) or len(r.levels) == 1
+        assert all(any(n > c for n, c in zip(lv["shape"], lv["chunks"])) for lv in r.levels[:-1])
+        for g, w in zip(levels_of(tmp_path / f"p{i}.ome.zarr"),
+                        in_memory(a, (0, 1, 2), [tuple(lv["factors"]) for lv in r.levels[1:]]), strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert shapes[0] == shapes[1] == [[300, 40, 36], [150, 20, 18], [75, 10, 9], [38, 10, 9]]
