@@ -63,15 +63,15 @@ def batch_group() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (failures still show).")
 @click.pass_context
 def batch_pool3d(ctx: click.Context, inputs, list_file, out_dir, template, kernel, stride, padding, dilation,
-                 ceil_mode, padding_mode, axes, dataset, out_dataset, compression, zarr_format, shards, out_dtype,
-                 memory_limit, threads, scheduler, scheduler_file, workers, retries, force, as_json, quiet) -> None:
+                 ceil_mode, padding_mode, axes, dataset, level, out_dataset, compression, zarr_format, shards,
+                 out_dtype, memory_limit, threads, scheduler, scheduler_file, workers, retries, force, as_json, quiet) -> None:
     if not inputs and list_file is None:
         raise click.UsageError("give input files, globs or --list FILE")
     pairs = plan_files(inputs, out_dir, template, list_file)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
     job = PoolJob(
-        "", None, kernel, stride, padding, dilation, ceil_mode, padding_mode, axes=axes, dataset=dataset,
+        "", None, kernel, stride, padding, dilation, ceil_mode, padding_mode, axes=axes, dataset=dataset, level=level,
         out_dataset=out_dataset, out_dtype=out_dtype, compression=compression,
         zarr_format=int(zarr_format) if zarr_format else None, shards=shards, force=force,
         memory_limit=memory_limit, threads=threads,

@@ -290,7 +290,6 @@ Examples:
 @click.argument("input", type=opt.VOLUME)
 @click.argument("output", type=opt.VOLUME)
 @pool_options.pooling
-@click.option("--level", type=click.IntRange(min=0), help="OME-Zarr input: the resolution level to pool [default: 0].")
 @click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
               help="Write the gradient map on the input grid (float32).")
 @click.option("--grad-in", metavar="FILE", type=opt.VOLUME,

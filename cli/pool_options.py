@@ -35,6 +35,8 @@ pooling = _apply([
                  help="Input layout, one letter per axis: zyx, czyx, nczyx, thwc, xyz, xyzt, ... "
                       "[default: HDF5 dimension labels, else dhw/cdhw/ncdhw; NIfTI xyz + tuvw]."),
     click.option("--dataset", metavar="PATH", help="HDF5 input dataset (or INPUT as file.h5:/PATH)."),
+    click.option("--level", type=click.IntRange(min=0), metavar="N",
+                 help="OME-Zarr input: the resolution level to pool [default: 0]."),
     click.option("--out-dataset", metavar="PATH", help="HDF5 output dataset [default: the input's name, or /data]."),
     click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
                  callback=opt.compression_text,

@@ -227,3 +227,42 @@ def test_a_dead_scheduler_is_one_error_and_a_rerun_finishes(tmp_path, dask_proce
     report = run_batch(job, pairs, cluster=ClusterSpec(workers=2))
     assert report.count("done") + report.count("skipped") == 12 and report.count("skipped") >= 1
     assert no_temporaries(tmp_path / "out")
+
+
+def test_cli_level_pools_that_ome_zarr_level_and_counts_in_the_fingerprint(tmp_path, monkeypatch):
+    import zarr
+
+    from lucid.kernels import tiled
+    from lucid.kernels.maxpool import MAX
+    from lucid.kernels.windows import PoolSpec
+    from lucid_cli.main import main
+    from tests.ome_helpers import rng_volume, write_image
+
+    monkeypatch.chdir(tmp_path)
+    want = {}
+    for name in ("a", "b"):
+        full = rng_volume((12, 16, 14), np.int16, seed=ord(name))
+        half = full[::2, ::2, ::2].copy()
+        write_image(f"{name}.ome.zarr", [full, half], scales=[[1, 1, 1], [2, 2, 2]])
+        want[name] = tiled.pool(half, (0, 1, 2), PoolSpec.create((2, 2, 2), (2, 2, 2), 0, 1, False, "zeros")
+                                .windows(half.shape), None, MAX, 1)
+    runner = CliRunner()
+    args = ["batch", "pool3d", "a.ome.zarr", "b.ome.zarr", "--out-dir", "out", "-k", "2", "--level", "1", "--json"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["status"] for x in lines[:-1]] == ["done", "done"]
+    for name, w in want.items():
+        got = zarr.open_group(f"out/{name}_pooled.ome.zarr", mode="r")["0"][...]
+        np.testing.assert_array_equal(got, w)
+        assert got.shape == (3, 4, 3)
+    res = runner.invoke(main, args)  # the same level: already done
+    assert res.exit_code == 0 and all(json.loads(x).get("status") == "skipped" for x in res.stdout.splitlines()[:-1])
+    res = runner.invoke(main, args[:-3] + ["--level", "0"])  # another level: not this output's content
+    assert res.exit_code == 1 and "not this run's result" in res.stderr
+    res = runner.invoke(main, args[:-3] + ["--level", "0", "--json", "--force"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["status"] for x in res.stdout.splitlines()[:-1]] == ["done", "done"]
+    assert zarr.open_group("out/a_pooled.ome.zarr", mode="r")["0"].shape == (6, 8, 7)
+    res = runner.invoke(main, args[:-3] + ["--level", "5", "--force"])
+    assert res.exit_code == 1 and "no level 5" in res.stderr
