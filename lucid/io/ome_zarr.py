@@ -95,15 +95,17 @@ def check_dimension_names(arr, image: ome.Image, name: str) -> None:
 class LevelArray:
     """One level array stored in NGFF axis order; boxes and data arrive in the source's order."""
 
-    def __init__(self, arr, perm: tuple[int, ...], name: str):
-        self.arr, self.perm, self.name = arr, perm, name
+    def __init__(self, arr, perm: tuple[int, ...], name: str, writer=None):
+        self.arr, self.perm, self.name, self.writer = arr, perm, name, writer
         self.written = 0
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         box = tuple(index[a] for a in self.perm)
-        values = np.ascontiguousarray(np.transpose(data, self.perm))
+        values = np.transpose(data, self.perm)
         try:
-            self.arr[box] = values
+            if self.writer is None or not self.writer.write(box, values):
+                values = np.ascontiguousarray(values)
+                self.arr[box] = values
         except Exception as exc:
             if is_no_space(exc):
                 raise no_space_error(self.name, exc) from None
@@ -126,6 +128,7 @@ class OmeStore:
         try:
             self.store = zarr.storage.LocalStore(os.fspath(self.target.tmp))
             self.group = zarr.open_group(store=self.store, mode="w", zarr_format=self.zarr_format)
+            self.levels: list[LevelArray] = []
         except BaseException:
             self.abort()
             raise
@@ -152,7 +155,11 @@ class OmeStore:
             if is_no_space(exc):
                 raise no_space_error(self.display, exc) from None
             raise LucidIOError(f"{self.display}: cannot create level {key}: {one_line(exc)}") from None
-        return LevelArray(arr, tuple(perm), f"{self.display}:/{key}")
+        from lucid.io.zarr_chunks import chunk_writer
+
+        level = LevelArray(arr, tuple(perm), f"{self.display}:/{key}", chunk_writer(arr, self.store))
+        self.levels.append(level)
+        return level
 
     def link_level(self, key: str, source_dir: str, names, attributes: dict) -> None:
         """Level ``key`` as the input array itself: its chunk (or shard) files hard-linked (copied
@@ -205,11 +212,18 @@ class OmeStore:
                 raise no_space_error(self.display, exc) from None
             raise LucidIOError(f"{self.display}: cannot write the NGFF metadata: {one_line(exc)}") from None
 
+    def _close_writers(self) -> None:
+        for level in getattr(self, "levels", []):
+            if level.writer is not None:
+                level.writer.close()
+
     def commit(self) -> None:
+        self._close_writers()
         self.target.sync()
         self.target.commit()
 
     def abort(self) -> None:
+        self._close_writers()
         target = getattr(self, "target", None)
         if target is not None:
             target.abort()

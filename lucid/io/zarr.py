@@ -213,6 +213,9 @@ class ZarrSource(Source):
         pooled = self.layout.pooled
         self._slab_axis = min(pooled, key=lambda a: (min(self.chunks[a], self.shape[a]) / self.shape[a], a))
         self.chunk_rows = self.chunks[self._slab_axis]
+        from lucid.io.zarr_chunks import chunk_reader
+
+        self._chunk_reader = chunk_reader(arr, self.store)  # None: read through zarr-python
         self.meta = self._read_meta(attrs, names)
         if image is not None:
             found = ome.source_meta(image, level, self.layout, attrs)
@@ -243,19 +246,32 @@ class ZarrSource(Source):
                    "shards": self.shards, "zarr_format": zarr_format},
         )
 
+    def reader_overhead(self) -> int:
+        """The direct chunk reader's buffers: per worker thread, a chunk and its stored bytes."""
+        reader = getattr(self, "_chunk_reader", None)
+        return 0 if reader is None else reader.memory()
+
     def read(self, index):
         index = normalize_index(index, self.shape, self.name)
         if 0 in box_shape(index):
             return np.empty(box_shape(index), dtype=self.dtype)
         try:
+            if self._chunk_reader is not None:
+                return self._chunk_reader.read(index, np.empty(box_shape(index), dtype=self.dtype))
             out = self._arr[index]
         except Exception as exc:
             box = "[" + ", ".join(f"{s.start}:{s.stop}" for s in index) + "]"
             raise LucidIOError(f"{self.name}: cannot read box {box} (corrupt chunk?): {one_line(exc)}") from None
         # zarr-python returns a new array per read: copy only to fix the dtype, layout or a read-only buffer
-        return np.require(out, dtype=self.dtype, requirements=("C", "W", "O"))
+        # (np.require would copy every time: "<f4" asked as "=f4" is a view that does not own its data)
+        if isinstance(out, np.ndarray) and out.dtype == self.dtype and out.flags.c_contiguous and out.flags.writeable:
+            return out
+        return np.require(out, dtype=self.dtype, requirements=("C", "W"))
 
     def close(self) -> None:
+        reader = getattr(self, "_chunk_reader", None)
+        if reader is not None:
+            reader.close()
         store = getattr(self, "store", None)
         if store is not None:
             try:
@@ -353,6 +369,9 @@ class ZarrSink(FileSink):
             if self.array_path:
                 zarr.open_group(store=store, mode="w", zarr_format=self.zarr_format)
             self.arr = zarr.create_array(store=store, name=self.array_path or None, **kwargs)
+            from lucid.io.zarr_chunks import chunk_writer
+
+            self._writer = chunk_writer(self.arr, store)  # None: write through zarr-python
         except LucidIOError:
             self.abort()
             raise
@@ -393,7 +412,9 @@ class ZarrSink(FileSink):
         if data.size == 0:
             return
         try:
-            self.arr[index] = data
+            writer = getattr(self, "_writer", None)
+            if writer is None or not writer.write(index, data):
+                self.arr[index] = data
         except Exception as exc:
             self.abort()
             if is_no_space(exc):
@@ -402,9 +423,16 @@ class ZarrSink(FileSink):
         self.written += data.size
 
     def _finish(self) -> None:
+        self._close_writer()
         self.arr = None
 
+    def _close_writer(self) -> None:
+        writer, self._writer = getattr(self, "_writer", None), None
+        if writer is not None:
+            writer.close()
+
     def abort(self) -> None:
+        self._close_writer()
         self.arr = None
         target = getattr(self, "target", None)
         if target is not None:
