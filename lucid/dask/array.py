@@ -26,10 +26,9 @@ import dask.array as da
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from lucid.dask import blocks
+from lucid.dask import blocks, compute
 from lucid.dask.blocks import Block, BlockPlan
-from lucid.kernels import maxpool, tiled
-from lucid.kernels.maxpool import MAX
+from lucid.kernels import maxpool
 from lucid.kernels.windows import PoolSpec
 
 Box = tuple[slice, ...]
@@ -83,33 +82,9 @@ def _shape(box: Box) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in box)
 
 
-def forward_block(data: np.ndarray, block: Block, pad_value) -> np.ndarray:
-    """Pooled values of one forward block from its input rows (``block.read_box``)."""
-    return tiled.pool(data, block.pooled, block.windows, pad_value, MAX, threads=1)
-
-
-def backward_block(data: np.ndarray, grad: np.ndarray, block: Block, mults, lead: int, pad_value,
-                   dtype) -> np.ndarray:
-    """The gradient of the rows one backward block owns: every window touching it, re-evaluated.
-
-    ``data``: the input rows those windows read (``block.read_box``); ``grad``:
-    their upstream gradient (``block.out_box``).  Sums run in ascending
-    output order along ``mults``' axis significance, as the whole-volume backward."""
-    dtype = np.dtype(dtype)
-    if block.empty:
-        return np.zeros(_shape(block.own_box), dtype)
-    _, codes = tiled.argpool(data, block.pooled, block.windows, mults, pad_value, MAX, threads=1)
-    buffer = maxpool.empty_like_layout(data, _shape(block.rows_box), dtype)
-    buffer[...] = 0
-    values = maxpool.empty_like_layout(codes, codes.shape, dtype)
-    np.copyto(values, grad, casting="unsafe")
-    tiled.unpool(values, codes, block.pooled, block.scatter_windows, mults, buffer, lead=lead, threads=1)
-    return np.ascontiguousarray(buffer[block.keep()])
-
-
 def _forward_task(block: Block, pad_value, dtype, places, *chunks):
     data = _assemble(_shape(block.read_box), dtype, places, chunks)
-    return forward_block(data, block, pad_value)
+    return compute.forward_values(data, block, pad_value)
 
 
 def _backward_task(block: Block, mults, lead, pad_value, dtype, grad_dtype, n_data, places, *chunks):
@@ -117,7 +92,7 @@ def _backward_task(block: Block, mults, lead, pad_value, dtype, grad_dtype, n_da
         return np.zeros(_shape(block.own_box), grad_dtype)
     data = _assemble(_shape(block.read_box), dtype, places[:n_data], chunks[:n_data])
     grad = _assemble(_shape(block.out_box), grad_dtype, places[n_data:], chunks[n_data:])
-    return backward_block(data, grad, block, mults, lead, pad_value, grad_dtype)
+    return compute.backward_gradient(data, grad, block, mults, lead, pad_value, grad_dtype)
 
 
 def _inputs(x: da.Array, box: Box) -> tuple[list, list]:
