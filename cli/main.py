@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 import lucid
-from lucid.dask.cluster import ClusterError  # imports no dask: that waits until a cluster is asked for
+from lucid.dask.cluster import ClusterError, ClusterSpec  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format
 from lucid.io.atomic import check_destination, file_identity
@@ -273,6 +273,8 @@ Examples:
   lucid pool3d clip.h5:/frames clip_pooled.h5 -k 2x2x2 --compression lzf
   # backward pass with an upstream gradient on the output grid
   lucid pool3d vol.h5 out.h5 -k 2 --grad-in up.h5:/grad --grad-out grad.h5
+  # a huge volume, one dask task per block on 2 local workers (or --scheduler tcp://host:8786)
+  lucid pool3d em.zarr em_pooled.zarr -k 3 -s 2 -p 1 --workers 2
   # plan only: shapes, geometry, slabs and memory, as JSON
   lucid pool3d big.h5 small.h5 -k 3 -s 2 -p 1 --memory-limit 256M --dry-run --json
 """
@@ -324,14 +326,24 @@ Examples:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
 @click.option("--preview", metavar="PNG", callback=png_path,
               help="After the run, draw input, output and gradient map side by side (needs the [preview] extra).")
+@opt.cluster_options
+@click.option("--resume", is_flag=True,
+              help="On a dask cluster: continue a run whose scheduler or client died, skipping the blocks done.")
+@click.option("--block-size", "block_bytes", metavar="SIZE", callback=opt.block_size,
+              help="On a dask cluster: input bytes per task [default: 128M; each task within --memory-limit].")
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
            zarr_format: str | None, shards, out_dtype: str | None, grad_out: str | None, grad_in: str | None,
            indices_out: str | None, memory_limit: int, threads: int | None, force: bool, make_dirs: bool,
-           dry_run: bool, as_json: bool, quiet: bool, preview: str | None) -> None:
+           dry_run: bool, as_json: bool, quiet: bool, preview: str | None, scheduler: str | None,
+           scheduler_file: str | None, workers: int | None, resume: bool, block_bytes: int | None) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
+    cluster = ClusterSpec.from_options(scheduler, scheduler_file, workers)
+    if (resume or block_bytes is not None) and cluster is None:
+        raise click.UsageError(f"{'--resume' if resume else '--block-size'} needs a dask cluster: "
+                               "--workers N, --scheduler ADDRESS or --scheduler-file FILE")
     _check_dataset(input, dataset, "--dataset")
     _check_dataset(output, out_dataset, "--out-dataset")
     _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
@@ -350,6 +362,8 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
             compression=compression, zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
             force=force, make_dirs=make_dirs, memory_limit=memory_limit, threads=threads, dry_run=dry_run,
+            cluster=cluster, resume=resume,
+            block_bytes=block_bytes,
         )
         result = job.run(STOP.guard(progress))
     warnings = list(result.warnings)  # a dry run lists outputs that exist

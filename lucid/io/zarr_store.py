@@ -15,7 +15,8 @@ import secrets
 import shutil
 from pathlib import Path
 
-from lucid.io.atomic import _LIVE, AtomicTarget, check_destination, is_no_space, no_space_error, same_file
+from lucid.io.atomic import (_LIVE, AtomicTarget, check_destination, is_no_space, no_space_error, protected_path,
+                             same_file)
 from lucid.io.base import LucidIOError
 
 STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")
@@ -36,7 +37,8 @@ class DirectoryTarget(AtomicTarget):
         path = os.path.abspath(display)
         self._replaces = False
         if os.path.isdir(path) and not os.path.islink(path):
-            for other in protect:
+            for entry in protect:
+                other = protected_path(entry)  # an HDF5 input comes as (file, dataset)
                 if other is not None and same_file(path, other):
                     raise LucidIOError(f"{display}: output is the input store {os.fspath(other)}; choose another output name")
             if not force:

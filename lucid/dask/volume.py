@@ -1,0 +1,432 @@
+"""One huge volume on a dask cluster: ``run_job``'s execution step when ``PoolJob.cluster`` is set.
+
+``run_job`` opens the input, plans, opens the sinks and commits them as for
+the streaming engine; only the step in between differs.  Here it is one
+task per block (``lucid.dask.blocks``): forward tasks own output blocks,
+backward tasks own input blocks (owner computes).  Every task opens the
+input by path (HDF5, Zarr or uncompressed NIfTI; never an h5py object in
+the graph), reads its block and halo, runs the engine's kernels and writes
+whole chunks (or shards) of a Zarr array by path, then drops a marker
+file in the run's manifest directory.
+
+Outputs.  A Zarr output is written in place: its temporary store (a fixed
+``.<name>.lucid-part-<key>`` directory) becomes the output on commit.  HDF5
+and NIfTI files cannot take parallel writes (h5py has no MPI here), so
+their blocks are staged in such a Zarr store and copied by this process
+into the output, slab by slab in file order, then the store is removed:
+one writer, no locks, resumable.
+
+Faults.  A block write covers whole chunks and is idempotent, so a task
+dask re-runs after a worker died rewrites the same bytes.  When the
+scheduler (or this process's link to it) is lost, the staged stores and the
+manifest stay; ``resume`` skips the blocks marked done.  ``<key>`` hashes
+the parameters, the input files' identities and the block plans, so a
+resumed run only reuses blocks of the very same job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lucid.dask import blocks, compute
+from lucid.dask.blocks import BlockPlan
+from lucid.dask.cluster import ClusterError, ClusterSpec
+from lucid.io import LucidIOError, detect_format, open_gradient, open_source
+from lucid.io.base import one_line
+from lucid.kernels import maxpool
+from lucid.kernels.maxpool import MAX, MIN
+from lucid.stream import engine
+from lucid.stream.engine import EngineStats
+from lucid.stream.job import PoolJob
+from lucid.stream.plan import Plan, parse_size
+
+PART_MARK = ".lucid-part-"
+CHUNK_BYTES = 1 << 20  # staged and Zarr output chunks: at most this, and at most 1/8 of a block
+PARALLEL_FORMATS = ("hdf5", "zarr", "nifti")
+
+
+def serial_reason(job: PoolJob) -> str | None:
+    """Why this job cannot run on a cluster (one line), or None when it can."""
+    for path in (job.input, job.grad_in, job.output, job.grad_out, job.indices_out):
+        if path is None:
+            continue
+        if not isinstance(path, (str, os.PathLike)):
+            return "an in-memory array cannot be read by other processes; running on this machine's engine"
+        fmt, file, _ = detect_format(path)
+        if fmt == "nifti" and file.lower().endswith(".gz"):
+            return (f"{file}: a gzip-compressed NIfTI can only be read or written from start to end, not in "
+                    "parallel; running on this machine's engine")
+    return None
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An array the tasks write by path: a Zarr store directory and the array in it."""
+
+    store: str
+    array: str | None
+    dtype: str
+    name: str  # the output's name, for messages
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every task needs: the job, the block plans and where to write (small, picklable)."""
+
+    job: PoolJob
+    forward: BlockPlan | None
+    backward: BlockPlan | None
+    mults: tuple[int, int, int]
+    pad_value: Any
+    minimum: bool
+    out_dtype: str
+    grad_dtype: str
+    values: Staged | None
+    indices: Staged | None
+    gradient: Staged | None
+    done_dir: str
+
+
+# -- tasks (run on the workers) --------------------------------------------------------------------------
+
+
+def _marker(ctx: Context, kind: str, index) -> str:
+    return os.path.join(ctx.done_dir, kind + "-" + "-".join(str(i) for i in index))
+
+
+def _open_input(job: PoolJob):
+    return open_source(job.input, dataset=job.dataset, axes=job.axes)
+
+
+def _write(staged: Staged, box, data: np.ndarray) -> None:
+    import zarr
+
+    try:
+        arr = zarr.open_array(store=staged.store, path=staged.array or None, mode="r+")
+        arr[box] = np.ascontiguousarray(data, dtype=staged.dtype)
+    except Exception as exc:  # an OSError here is the disk's, not the cluster's
+        raise LucidIOError(f"{staged.name}: cannot write a block into {staged.store}: {one_line(exc)}") from None
+
+
+def _done(marker: str) -> None:
+    with open(marker, "a"):
+        pass
+
+
+def _result(read: int, won: bool = False, skipped: bool = False) -> dict:
+    from lucid.stream.api import peak_memory_mib
+
+    return {"read": read, "padding_won": won, "skipped": skipped, "pid": os.getpid(), "peak_mib": peak_memory_mib()}
+
+
+def forward_task(index: tuple[int, ...], ctx: Context) -> dict:
+    """Pool one output block: values and (if asked) flat indices, written as whole chunks."""
+    marker = _marker(ctx, "f", index)
+    if os.path.exists(marker):
+        return _result(0, skipped=True)
+    plan = ctx.forward
+    block = plan.block(index)
+    with _open_input(ctx.job) as source:
+        data = source.read(block.read_box)
+    order = MIN if ctx.minimum else MAX
+    if ctx.indices is not None:
+        values, codes = compute.forward_codes(data, block, ctx.mults, ctx.pad_value, order)
+    else:
+        values, codes = compute.forward_values(data, block, ctx.pad_value, order), None
+    won = ctx.pad_value is not None and engine._padding_won(data, block.pooled, block.windows, ctx.pad_value,
+                                                             order, values)
+    if ctx.values is not None:
+        named = types.SimpleNamespace(name=ctx.values.name)
+        _write(ctx.values, block.own_box, engine._cast(values, np.dtype(ctx.out_dtype), named))
+    if ctx.indices is not None:
+        origin = [block.axes[a].reads[0] for a in block.pooled]
+        sizes = [plan.in_shape[a] for a in block.pooled]
+        _write(ctx.indices, block.own_box, maxpool.flat_indices(codes, block.pooled, block.windows, ctx.mults,
+                                                                 origin, sizes))
+    _done(marker)
+    return _result(data.nbytes, won)
+
+
+def backward_task(index: tuple[int, ...], ctx: Context) -> dict:
+    """The gradient of one input block, from every window touching it (owner computes)."""
+    marker = _marker(ctx, "b", index)
+    if os.path.exists(marker):
+        return _result(0, skipped=True)
+    plan = ctx.backward
+    block = plan.block(index)
+    read = 0
+    if block.empty:
+        grad = np.zeros(compute.shape_of(block.own_box), ctx.grad_dtype)
+    else:
+        upstream = None
+        with _open_input(ctx.job) as source:
+            data = source.read(block.read_box)
+            if ctx.job.grad_in is not None:
+                gsource = open_gradient(ctx.job.grad_in, source, plan.out_shape)
+                try:
+                    upstream = gsource.read(block.out_box)
+                finally:
+                    gsource.close()
+        read = data.nbytes + (0 if upstream is None else upstream.nbytes)
+        grad = compute.backward_gradient(data, upstream, block, ctx.mults, plan.priority[0], ctx.pad_value,
+                                         ctx.grad_dtype, MIN if ctx.minimum else MAX)
+    _write(ctx.gradient, block.own_box, grad)
+    _done(marker)
+    return _result(read)
+
+
+# -- planning (in this process) ---------------------------------------------------------------------------
+
+
+def chunk_shape(shape, itemsize: int, target: int) -> tuple[int, ...]:
+    """Chunks of at most ``target`` bytes: the largest extent halves (to a power of two) first."""
+    chunks = [int(n) for n in shape]
+    while math.prod(chunks) * itemsize > target and max(chunks) > 1:
+        a = max(range(len(chunks)), key=lambda i: (chunks[i], -i))
+        chunks[a] = 1 << max(0, (chunks[a] - 1).bit_length() - 1)
+    return tuple(chunks)
+
+
+def _identity(path) -> list:
+    if path is None:
+        return []
+    file = detect_format(path)[1]
+    try:
+        st = os.stat(file)
+    except OSError:
+        return [file]
+    return [os.path.abspath(file), st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _part_path(dest, key: str, suffix: str = "") -> str:
+    file = os.path.abspath(detect_format(dest)[1])
+    return os.path.join(os.path.dirname(file), f".{os.path.basename(file)}{PART_MARK}{key}{suffix}")
+
+
+@dataclass
+class Runner:
+    """A planned cluster run of one job: block plans, staged outputs, then :meth:`run`."""
+
+    job: PoolJob
+    plan: Plan
+    cluster: ClusterSpec
+    forward: BlockPlan | None
+    backward: BlockPlan | None
+    chunks: dict[str, tuple[int, ...]]
+    shards: dict[str, tuple[int, ...] | None]
+    key: str
+    pad_value: Any
+    minimum: bool
+    out_dtype: np.dtype
+    summary: dict = field(default_factory=dict)
+    _sinks: list = field(default_factory=list)
+
+    @property
+    def done_dir(self) -> str:
+        first = next(p for p in (self.job.output, self.job.grad_out, self.job.indices_out) if p is not None)
+        return _part_path(first, self.key, ".done")
+
+    def staging(self, kind: str) -> str:
+        return _part_path(self._dest(kind), self.key)
+
+    def _dest(self, kind: str):
+        return {"output": self.job.output, "gradient": self.job.grad_out, "indices": self.job.indices_out}[kind]
+
+    def _is_zarr(self, kind: str) -> bool:
+        return detect_format(self._dest(kind))[0] == "zarr"
+
+    def sink_options(self, kind: str) -> dict:
+        """``open_sink`` options for an output: a Zarr output is built where the tasks write."""
+        if not self._is_zarr(kind):
+            return {}
+        return {"chunks": self.chunks[kind], "shards": self.shards[kind], "staging": self.staging(kind),
+                "slab_rows": None}
+
+    def start(self) -> None:
+        """A fresh run removes what an earlier, cut-off run of the same job left; a resumed one keeps it."""
+        paths = [self.done_dir] + [self.staging(k) for k in ("output", "gradient", "indices")
+                                   if self._dest(k) is not None]
+        if not self.job.resume:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(self.done_dir, exist_ok=True)
+
+    def _staged(self, kind: str, sink) -> Staged:
+        if self._is_zarr(kind):
+            return Staged(sink.store_path, sink.array_path or None, str(sink.dtype), sink.name)
+        import zarr
+
+        path = self.staging(kind)
+        shape, dtype = tuple(sink.shape), np.dtype(sink.dtype)
+        try:
+            arr = zarr.open_array(store=path, mode="r")
+            reuse = tuple(arr.shape) == shape and arr.dtype == dtype and tuple(arr.chunks) == self.chunks[kind]
+        except Exception:
+            reuse = False
+        if not reuse:
+            shutil.rmtree(path, ignore_errors=True)
+            zarr.create_array(store=path, shape=shape, dtype=dtype, chunks=self.chunks[kind], fill_value=0,
+                              compressors=None, zarr_format=3)
+        return Staged(path, None, str(dtype), sink.name)
+
+    def run(self, *, out=None, grad_out=None, indices_out=None, progress=None) -> EngineStats:
+        """Every block on the cluster, then the staged outputs into their sinks (not committed)."""
+        from lucid.dask.cluster import connect
+
+        start = time.perf_counter()
+        sinks = {"output": out, "gradient": grad_out, "indices": indices_out}
+        self._sinks = [(k, s) for k, s in sinks.items() if s is not None]
+        staged = {k: self._staged(k, s) for k, s in self._sinks}
+        ctx = Context(self.job, self.forward, self.backward,
+                      maxpool.code_mults(self.plan.windows, self.plan.priority), self.pad_value, self.minimum,
+                      str(self.out_dtype), str(np.dtype(self.job.grad_dtype)), staged.get("output"),
+                      staged.get("indices"), staged.get("gradient"), self.done_dir)
+        tasks = []
+        if self.forward is not None and (out is not None or indices_out is not None):
+            tasks += [(forward_task, "f", i) for i in self.forward.indices()]
+        if self.backward is not None and grad_out is not None:
+            tasks += [(backward_task, "b", i) for i in self.backward.indices()]
+        todo = [t for t in tasks if not os.path.exists(_marker(ctx, t[1], t[2]))]
+        stats = EngineStats()
+        peaks: dict[int, float] = {}
+        done = len(tasks) - len(todo)
+        self.summary.update(tasks=len(tasks), resumed_blocks=done, cluster=self.cluster.describe())
+        try:
+            with connect(self.cluster) as client:
+                self.summary["workers"] = len(client.scheduler_info().get("workers", {}))
+                futures = [client.submit(fn, index, ctx, key=f"lucid-{kind}-{self.key}-" + "-".join(map(str, index)),
+                                         retries=1, pure=False) for fn, kind, index in todo]
+                from distributed import as_completed
+
+                for future in as_completed(futures):
+                    result = future.result()
+                    future.release()
+                    done += 1
+                    stats.bytes_read += result["read"]
+                    stats.padding_won |= bool(result["padding_won"])
+                    peaks[result["pid"]] = max(peaks.get(result["pid"], 0.0), result["peak_mib"])
+                    if progress is not None:
+                        progress(done, len(tasks), stats.bytes_read)
+        except BaseException as exc:
+            if _cluster_lost(exc):
+                self._keep()
+                raise ClusterError(
+                    f"{self._name()}: lost the dask {self.cluster.describe()} ({one_line(exc)}); {done} of "
+                    f"{len(tasks)} blocks are done, run again with --resume to continue") from None
+            if isinstance(exc, KeyboardInterrupt):
+                self._keep()
+            else:
+                self._discard()
+            raise
+        stats.slabs = len(tasks)
+        self.summary["worker_peak_mib"] = {str(pid): round(mib, 1) for pid, mib in sorted(peaks.items())}
+        self._finish(staged)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _finish(self, staged: dict[str, Staged]) -> None:
+        """Zarr outputs are complete; the others are copied in file order from their staged stores."""
+        import zarr
+
+        for kind, sink in self._sinks:
+            if self._is_zarr(kind):
+                sink.mark_written()
+                continue
+            arr = zarr.open_array(store=staged[kind].store, mode="r")
+            rows = self.plan.rows_per_slab * (self.plan.windows[self.plan.slab_r].stride if kind == "gradient" else 1)
+            n = sink.shape[self.plan.slab_axis]
+            for outer in self.plan.outer_indices():
+                for r0 in range(0, n, max(1, rows)):
+                    box = self.plan.box(outer, (r0, min(n, r0 + rows)), sink.shape)
+                    sink.write(box, arr[box])
+        self._discard(keep_zarr=True)
+
+    def _discard(self, keep_zarr: bool = False) -> None:
+        """Remove the manifest and the staged stores of non-Zarr outputs (a Zarr one is its sink's)."""
+        shutil.rmtree(self.done_dir, ignore_errors=True)
+        for kind, _ in self._sinks:
+            if not self._is_zarr(kind):
+                shutil.rmtree(self.staging(kind), ignore_errors=True)
+
+    def _keep(self) -> None:
+        for kind, sink in self._sinks:
+            if self._is_zarr(kind):
+                sink.target.keep()
+
+    def _name(self) -> str:
+        return self._sinks[0][1].name if self._sinks else os.fspath(self.job.output)
+
+
+def _cluster_lost(exc: BaseException) -> bool:
+    """A lost scheduler or connection (not an error of the work itself, which tasks raise as LucidIOError)."""
+    if isinstance(exc, (LucidIOError, ClusterError)):
+        return isinstance(exc, ClusterError)
+    return isinstance(exc, (OSError, TimeoutError, concurrent.futures.CancelledError))
+
+
+def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, limit: int) -> Runner:
+    """Block plans, output chunks and the run's key for ``job`` (nothing is written yet)."""
+    cluster = job.cluster if isinstance(job.cluster, ClusterSpec) else ClusterSpec(**job.cluster)
+    block_bytes = parse_size(job.block_bytes) if job.block_bytes is not None else blocks.DEFAULT_BLOCK_BYTES
+    in_itemsize = source.dtype.itemsize
+    out_grid_itemsize = max(out_dtype.itemsize, 8 if job.indices_out is not None else 0)
+    target = max(1, min(CHUNK_BYTES, block_bytes // 8))
+    chunks: dict[str, tuple[int, ...]] = {}
+    shards: dict[str, tuple[int, ...] | None] = {}
+    explicit = tuple(int(s) for s in job.shards) if job.shards not in (None, True, "auto", False) else None
+    out_chunks = _fit(chunk_shape(plan.out_shape, out_grid_itemsize, target), explicit)
+    grad_chunks = _fit(chunk_shape(plan.in_shape, np.dtype(job.grad_dtype).itemsize, target), explicit)
+    common = dict(itemsize=in_itemsize, out_itemsize=out_dtype.itemsize, grad_itemsize=np.dtype(job.grad_dtype).itemsize,
+                  block_bytes=block_bytes, memory_limit=limit, indices=job.indices_out is not None,
+                  priority=plan.priority)
+    forward = backward = None
+    try:
+        if job.output is not None or job.indices_out is not None:
+            forward = blocks.plan_blocks(blocks.FORWARD, plan.in_shape, plan.pooled, plan.windows,
+                                         align=explicit or out_chunks, **common)
+        if job.grad_out is not None:
+            backward = blocks.plan_blocks(blocks.BACKWARD, plan.in_shape, plan.pooled, plan.windows,
+                                          align=explicit or grad_chunks, **common)
+    except ValueError as exc:
+        raise ValueError(f"{source.name}: {exc} (raise --memory-limit)") from None
+    for kind, bp, ch in (("output", forward, out_chunks), ("indices", forward, out_chunks),
+                         ("gradient", backward, grad_chunks)):
+        chunks[kind] = ch
+        if explicit is not None:
+            shards[kind] = explicit
+        elif job.shards and bp is not None:  # one shard per block: each task writes exactly one
+            shards[kind] = tuple(c[0] if len(c) else 1 for c in bp.chunks())
+        else:
+            shards[kind] = None
+    ident = {k: v for k, v in job.to_dict().items() if k not in ("cluster", "resume", "force", "threads",
+                                                                  "dry_run", "make_dirs")}
+    ident["files"] = [_identity(p) for p in (job.input, job.grad_in)]
+    ident["plans"] = [None if bp is None else [bp.kind, bp.bounds] for bp in (forward, backward)]
+    ident["chunks"], ident["shards"] = chunks, shards
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Runner(job, plan, cluster, forward, backward, chunks, shards, key, pad_value, order is MIN,
+                  np.dtype(out_dtype),
+                  summary={"forward_blocks": 0 if forward is None else len(forward),
+                           "backward_blocks": 0 if backward is None else len(backward),
+                           "forward_grid": None if forward is None else list(forward.grid),
+                           "backward_grid": None if backward is None else list(backward.grid)})
+
+
+def _fit(chunks: tuple[int, ...], shards: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Chunks that divide explicit shards."""
+    if shards is None:
+        return chunks
+    if len(shards) != len(chunks) or min(shards) < 1:
+        raise ValueError(f"shards {shards} must have one positive entry per axis")
+    return tuple(math.gcd(c, s) for c, s in zip(chunks, shards))
