@@ -344,6 +344,8 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     if (resume or block_bytes is not None) and cluster is None:
         raise click.UsageError(f"{'--resume' if resume else '--block-size'} needs a dask cluster: "
                                "--workers N, --scheduler ADDRESS or --scheduler-file FILE")
+    if cluster is not None:
+        _quiet_dask()
     _check_dataset(input, dataset, "--dataset")
     _check_dataset(output, out_dataset, "--out-dataset")
     _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
@@ -391,6 +393,20 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         _echo_lines(report.plan_lines(data) + ["dry run: nothing written"], err=False)
     elif not quiet:
         _echo_lines(report.summary_lines(data), err=True)
+
+
+def _quiet_dask() -> None:
+    """dask's own log lines (here and in local workers) would bury the one ``Error:`` line."""
+    import logging
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # local workers inherit it
+    try:
+        import distributed  # noqa: F401  (its import sets its loggers' levels: set ours after it)
+    except ImportError:
+        return  # the run says which extra to install
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _machine_warnings(threads: int | None, memory_limit: int) -> list[str]:
