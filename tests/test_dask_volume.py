@@ -181,7 +181,8 @@ def test_stopped_scheduler_is_one_error_then_resume_completes(dask_processes, tm
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "--resume" in lines[0], err
     assert not os.path.exists(tmp_path / "out.zarr") and not os.path.exists(tmp_path / "grad.h5")
-    dask_processes.stop()
+    for worker in dask_processes.workers:  # without a scheduler they would wait for it before stopping
+        dask_processes.kill(worker)
 
     (tmp_path / "second").mkdir()
     again = DaskProcesses(tmp_path / "second", workers=2)
@@ -198,3 +199,23 @@ def test_stopped_scheduler_is_one_error_then_resume_completes(dask_processes, tm
     assert same_bits(read(str(tmp_path / "out.zarr")), read(str(tmp_path / "ref.zarr")))
     assert same_bits(read(str(tmp_path / "grad.h5")), read(str(tmp_path / "refg.zarr")))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+@pytest.mark.slow
+def test_each_worker_stays_within_the_memory_limit_per_task(dask_processes, tmp_path):
+    from distributed import Client
+
+    a = np.random.default_rng(9).standard_normal((160, 160, 160)).astype(np.float32)  # 16 MiB
+    write_input(str(tmp_path / "in.h5"), a, (32, 32, 32))
+    from lucid.stream.api import peak_memory_mib
+
+    with Client(dask_processes.address) as client:  # the interpreter with lucid, h5py and zarr loaded
+        client.run(exec, "import h5py, zarr, lucid.dask.volume, lucid.io.hdf5, lucid.io.zarr")
+        base = client.run(peak_memory_mib)
+    out = lucid_cli("pool3d", str(tmp_path / "in.h5"), str(tmp_path / "out.zarr"), "-k", "3", "-s", "2", "-p", "1",
+                    "--grad-out", str(tmp_path / "grad.zarr"), "--memory-limit", "32M", "--json",
+                    "--scheduler-file", dask_processes.scheduler_file)
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)["extra"]["dask"]
+    assert run["forward_blocks"] > 1 and run["backward_blocks"] > 1
+    assert max(run["worker_peak_mib"].values()) <= max(base.values()) + 32

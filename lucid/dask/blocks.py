@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from lucid.io.atomic import human_bytes
 from lucid.kernels.maxpool import code_dtype
 from lucid.kernels.windows import AxisWindow
 
@@ -289,8 +290,8 @@ def plan_blocks(kind: str, in_shape: Sequence[int], pooled: Sequence[int], windo
         if not candidates:
             _, need = worst(extents)
             if memory_limit is not None and need > memory_limit:
-                raise ValueError(f"memory limit {memory_limit} bytes is too small for one block of "
-                                 f"{tuple(extents)}: need {need} bytes")
+                raise ValueError(f"memory limit {human_bytes(memory_limit)} is too small for one block of "
+                                 f"{'x'.join(map(str, extents))}: need {human_bytes(need)}")
             break
         _, _, a, smaller = max(candidates)
         extents[a] = smaller

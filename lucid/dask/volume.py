@@ -322,7 +322,7 @@ class Runner:
             if _cluster_lost(exc):
                 self._keep()
                 raise ClusterError(
-                    f"{self._name()}: lost the dask {self.cluster.describe()} ({one_line(exc)}); {done} of "
+                    f"{self._name()}: lost the dask {self.cluster.describe()} ({_why(exc)}); {done} of "
                     f"{len(tasks)} blocks are done, run again with --resume to continue") from None
             if isinstance(exc, KeyboardInterrupt):
                 self._keep()
@@ -368,6 +368,14 @@ class Runner:
         return self._sinks[0][1].name if self._sinks else os.fspath(self.job.output)
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, concurrent.futures.CancelledError):
+        return "the tasks were cancelled"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return "connection closed" if "closed" in str(exc).lower() or "reset" in str(exc).lower() else one_line(exc)[:120]
+
+
 def _cluster_lost(exc: BaseException) -> bool:
     """A lost scheduler or connection (not an error of the work itself, which tasks raise as LucidIOError)."""
     if isinstance(exc, (LucidIOError, ClusterError)):
@@ -381,7 +389,7 @@ def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, l
     block_bytes = parse_size(job.block_bytes) if job.block_bytes is not None else blocks.DEFAULT_BLOCK_BYTES
     in_itemsize = source.dtype.itemsize
     out_grid_itemsize = max(out_dtype.itemsize, 8 if job.indices_out is not None else 0)
-    target = max(1, min(CHUNK_BYTES, block_bytes // 8))
+    target = max(1, min(CHUNK_BYTES, block_bytes // 8, limit // 32))  # blocks are whole chunks: leave room for several
     chunks: dict[str, tuple[int, ...]] = {}
     shards: dict[str, tuple[int, ...] | None] = {}
     explicit = tuple(int(s) for s in job.shards) if job.shards not in (None, True, "auto", False) else None
