@@ -72,7 +72,7 @@ def connect(spec: ClusterSpec, timeout: float = 30) -> Iterator[Any]:
         if spec.workers is not None:
             cluster = distributed.LocalCluster(
                 n_workers=spec.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, worker_dashboard_address=None, scheduler_port=0,
+                dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0", scheduler_port=0,
                 memory_limit=spec.memory_limit if spec.memory_limit is not None else "auto",
             )
             client = distributed.Client(cluster, timeout=timeout)
