@@ -7,7 +7,8 @@ interpreter, libraries, slab buffers, chunk cache and decompressor.
   hdf5-lzf      N GiB float32 HDF5, lzf chunks of 8 planes, -k 2
   niigz-to-h5   N GiB uint8 .nii.gz to .h5, -k 2
   gzip-bomb     4N GiB of zeros in a .nii.gz of a few MiB, -k 2
-  extension     a .nii whose header carries a 200 MiB extension, -k 2, limit 16M
+  extension     a .nii whose header carries a 200 MiB extension, -k 2, limit 16M, to .nii
+  extension-gz  the same as .nii.gz, to .nii.gz
   giant-chunk   one 1e9-element lzf chunk (uint8): refused up front, naming the minimum
 
 Run:  python benchmarks/bench_memory.py [--gib 1] [--limit 64M] [--dir DIR] [--only CASE ...]
@@ -72,8 +73,8 @@ def make_niigz(folder: str, gib: float, zeros: bool) -> str:
     return path
 
 
-def make_extension(folder: str) -> str:
-    path = os.path.join(folder, "extension.nii")
+def make_extension(folder: str, suffix: str = ".nii") -> str:
+    path = os.path.join(folder, "extension" + suffix)
     if not os.path.exists(path):
         img = nib.Nifti1Image(np.ones((64, 64, 64), np.float32), np.eye(4))
         img.header.extensions.append(nib.nifti1.Nifti1Extension(40, b"x" * (200 << 20)))
@@ -119,6 +120,7 @@ def main() -> None:
         "niigz-to-h5": lambda: ([make_niigz(folder, opts.gib, False), f"{out}/b.h5", "-k", "2"], opts.limit),
         "gzip-bomb": lambda: ([make_niigz(folder, 4 * opts.gib, True), f"{out}/c.h5", "-k", "2"], opts.limit),
         "extension": lambda: ([make_extension(folder), f"{out}/d.nii", "-k", "2"], "16M"),
+        "extension-gz": lambda: ([make_extension(folder, ".nii.gz"), f"{out}/d.nii.gz", "-k", "2"], "16M"),
         "giant-chunk": lambda: ([make_giant_chunk(folder), f"{out}/e.h5", "-k", "2"], opts.limit),
     }
     print(f"interpreter + libraries alone: {baseline:.0f} MiB peak RSS")

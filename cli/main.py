@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -21,9 +22,8 @@ import click
 import lucid
 from lucid.dask.cluster import ClusterError, ClusterSpec  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
-from lucid.io import LucidIOError, detect_format
+from lucid.io import LucidIOError, detect_format, primary_file
 from lucid.io.atomic import check_destination, file_identity
-from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import resources
@@ -31,9 +31,11 @@ from lucid.stream.api import PaddingValueError, pool_spec
 from lucid.stream.job import PoolJob
 
 from . import options as opt
+from . import pool_options
 from . import report
 from .interrupts import STOP, Terminated
 from .preview import png_path, preview_command
+from .pyramid import pyramid_command
 from .progress import progress_bar, wanted
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPT, EXIT_PIPE, EXIT_TERM = 1, 2, 130, 141, 143
@@ -62,11 +64,17 @@ def _silence_stdout() -> None:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as lucid's own ``Warning:`` line (no category, file name or source line)."""
+    click.echo(f"Warning: {_one_line(str(message))}", err=True)
+
+
 class LucidGroup(click.Group):
     """A click group whose every error is one ``Error:`` line with the documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        with STOP.installed():
+        with STOP.installed(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # what the library did not collect: one line, no source
             code = self._run(args, prog_name, complete_var, **extra)
         if standalone_mode:
             sys.exit(code)
@@ -200,7 +208,7 @@ def _check_files(inputs: dict[str, str | None], outputs: dict[str, str | None],
     datasets = datasets or {}
 
     def identity(p: str):
-        return file_identity(detect_format(p)[1])
+        return file_identity(primary_file(p))  # a.hdr and a.img are one volume
 
     def dataset(label: str, p: str) -> str | None:
         fmt, _file, in_path = detect_format(p)
@@ -258,7 +266,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 POOL3D_HELP = """Max-pool INPUT into OUTPUT, streaming slabs within --memory-limit.
 
 Formats follow the suffix, for input and output independently: .nii, .nii.gz,
-.h5/.hdf5 (file.h5:/group/dataset names a dataset). Values per axis are given
+.hdr/.img, .mgh, .mgz, .h5/.hdf5 (file.h5:/group/dataset names a dataset), .zarr. Values per axis are given
 in the order the pooled axes appear in the file (x,y,z for NIfTI, d,h,w or
 t,h,w for HDF5). The stride defaults to the kernel. Outputs appear only when
 everything succeeded.
@@ -283,41 +291,15 @@ Examples:
 @main.command("pool3d", help=POOL3D_HELP, no_args_is_help=True)
 @click.argument("input", type=opt.VOLUME)
 @click.argument("output", type=opt.VOLUME)
-@click.option("-k", "--kernel", default="2", show_default=True, metavar="K", callback=opt.per_axis(1),
-              help="Window size: one integer or three (2,2,1 or 2x2x1).")
-@click.option("-s", "--stride", metavar="S", callback=opt.per_axis(1), help="Step between windows [default: kernel].")
-@click.option("-p", "--padding", default="0", show_default=True, metavar="P", callback=opt.per_axis(0),
-              help="Padding on both sides of each pooled axis.")
-@click.option("--dilation", default="1", show_default=True, metavar="D", callback=opt.per_axis(1),
-              help="Spacing between window taps.")
-@click.option("--ceil-mode", is_flag=True, help="Round the output size up (a last partial window).")
-@click.option("--padding-mode", type=click.Choice(["zeros", "ignore"]), default="zeros", show_default=True,
-              help="zeros: padded zeros take part in the maximum; ignore: only real voxels do.")
-@click.option("--axes", metavar="AXES", callback=opt.axes_text,
-              help="Input layout, one letter per axis: zyx, czyx, nczyx, thwc, xyz, xyzt, ... "
-                   "[default: HDF5 dimension labels, else dhw/cdhw/ncdhw; NIfTI xyz + tuvw].")
-@click.option("--dataset", metavar="PATH", help="HDF5 input dataset (or INPUT as file.h5:/PATH).")
-@click.option("--out-dataset", metavar="PATH", help="HDF5 output dataset [default: the input's name, or /data].")
-@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True, metavar="CODEC",
-              callback=opt.compression_text,
-              help="HDF5: none, gzip, gzip:N (level 0-9), lzf; with hdf5plugin also blosc:lz4, blosc:zstd, zstd, "
-                   "zstd:N. Zarr: none, gzip[:N], zstd[:N], blosc[:NAME[:N]]. .nii.gz is always gzip.")
-@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None,
-              help="Zarr output format [default: 3].")
-@click.option("--shards", metavar="SHAPE", callback=opt.shards_text,
-              help="Zarr v3 output: shard shape (multiple of the chunks) or auto (one shard per slab).")
-@click.option("--out-dtype", metavar="DTYPE", callback=opt.dtype_name,
-              help="Output dtype, e.g. float32 [default: the input's].")
+@pool_options.pooling
+@click.option("--level", type=click.IntRange(min=0), help="OME-Zarr input: the resolution level to pool [default: 0].")
 @click.option("--grad-out", metavar="FILE", type=opt.VOLUME,
               help="Write the gradient map on the input grid (float32).")
 @click.option("--grad-in", metavar="FILE", type=opt.VOLUME,
               help="Upstream gradient on the output grid [default: ones, i.e. a count of selections].")
 @click.option("--indices-out", metavar="FILE", type=opt.VOLUME,
               help="Write argmax flat indices (int64, PyTorch convention).")
-@click.option("--memory-limit", default="512M", show_default=True, metavar="SIZE", callback=opt.memory_size,
-              help="Memory for slab buffers: bytes or K/M/G/T, at least 1M.")
-@click.option("-j", "--threads", type=click.IntRange(min=1), metavar="N",
-              help="Compute threads, at most the CPUs this process may use [default: all cores].")
+@pool_options.resources
 @click.option("-f", "--force", is_flag=True, help="Replace existing output files.")
 @click.option("--mkdir", "make_dirs", is_flag=True,
               help="Create missing output directories, as mkdir -p does (removed again if the run fails).")
@@ -333,7 +315,8 @@ Examples:
               help="On a dask cluster: input bytes per task [default: 128M; each task within --memory-limit].")
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
-           padding_mode: str, axes: str | None, dataset: str | None, out_dataset: str | None, compression: str,
+           padding_mode: str, axes: str | None, dataset: str | None, level: int | None, out_dataset: str | None,
+           compression: str,
            zarr_format: str | None, shards, out_dtype: str | None, grad_out: str | None, grad_in: str | None,
            indices_out: str | None, memory_limit: int, threads: int | None, force: bool, make_dirs: bool,
            dry_run: bool, as_json: bool, quiet: bool, preview: str | None, scheduler: str | None,
@@ -361,7 +344,7 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
     with progress_bar(wanted(quiet) and not dry_run) as progress:
         job = PoolJob(
             input, output, kernel, stride, padding, dilation, ceil_mode, padding_mode, axes=axes, dataset=dataset,
-            grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
+            level=level, grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
             compression=compression, zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
             force=force, make_dirs=make_dirs, memory_limit=memory_limit, threads=threads, dry_run=dry_run,
             cluster=cluster, resume=resume,
@@ -436,15 +419,17 @@ Examples:
 @click.argument("files", metavar="FILE...", nargs=-1, required=True, type=opt.ANY_PATH)
 @click.option("--dataset", metavar="PATH", help="HDF5 dataset (or FILE as file.h5:/PATH).")
 @click.option("--axes", metavar="AXES", callback=opt.axes_text, help="Layout, e.g. zyx, thwc, xyzt.")
+@click.option("--level", type=click.IntRange(min=0), help="OME-Zarr resolution level [default: 0].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (one per line for several files).")
 @click.pass_context
-def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, as_json: bool) -> int:
+def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None, level: int | None,
+         as_json: bool) -> int:
     if len(files) > 1:
-        return _info_many(ctx, files, dataset, axes, as_json)
+        return _info_many(ctx, files, dataset, axes, as_json, level)
     file = opt.VOLUME.convert(files[0], ctx.command.params[0], ctx)  # one file: a bad suffix is a usage error
     _check_dataset(file, dataset, "--dataset")
     ctx.meta["lucid.input"] = file
-    found = describe(file, dataset=dataset, axes=axes)
+    found = describe(file, dataset=dataset, axes=axes, level=level)
     if as_json:
         _print_json(found)
     else:
@@ -453,14 +438,14 @@ def info(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: 
 
 
 def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, axes: str | None,
-               as_json: bool) -> int:
+               as_json: bool, level: int | None = None) -> int:
     """One line (or JSON object) per file; each failure is its own ``Error:`` line."""
     rows: list[list[str]] = []
     failed = 0
     for file in files:
         try:
             _check_dataset(file, dataset, "--dataset")
-            found = describe(file, dataset=dataset, axes=axes)
+            found = describe(file, dataset=dataset, axes=axes, level=level)
         except (Exception, click.UsageError) as exc:
             if isinstance(exc, click.UsageError):
                 message = _one_line(exc.format_message())
@@ -483,6 +468,7 @@ def _info_many(ctx: click.Context, files: tuple[str, ...], dataset: str | None, 
 
 
 main.add_command(preview_command)
+main.add_command(pyramid_command)
 
 
 CLEAN_HELP = """Remove the temporary files that killed lucid runs left in DIR.
@@ -520,3 +506,8 @@ def clean(ctx: click.Context, directory: str, dry_run: bool, as_json: bool, quie
 
 if __name__ == "__main__":  # python -m lucid_cli.main
     main()
+
+
+from .batch import batch_group  # noqa: E402  (registered after the commands it reuses)
+
+main.add_command(batch_group)

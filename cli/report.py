@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from lucid.io.atomic import human_bytes
 from lucid.io.base import UNIT_TO_UM
+from lucid.io import NIBABEL_SUFFIXES
 
 LABEL = 14  # width of the label column
 
@@ -42,7 +43,8 @@ def matrix(label: str, rows: Sequence[Sequence[float]]) -> list[str]:
 
 
 def _is_hdf5(path: str | None) -> bool:
-    return path is not None and not path.lower().endswith((".nii", ".nii.gz"))
+    """An output that stores ``element_size_um`` (HDF5, Zarr): not one of the nibabel formats."""
+    return path is not None and not path.lower().endswith(NIBABEL_SUFFIXES)
 
 
 def _pooling(r: dict[str, Any]) -> str:
@@ -138,10 +140,15 @@ def _attr(value: Any) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
+FORMAT_NAMES = {"hdf5": "HDF5", "nifti": "NIfTI", "analyze": "Analyze", "mgh": "MGH", "zarr": "Zarr"}
+
+
 def info_lines(d: dict[str, Any]) -> list[str]:
     """``lucid info`` text: the file, its datasets (HDF5) and the volume that would be pooled."""
-    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    fmt = FORMAT_NAMES.get(d["format"], "NIfTI")
     v = d["volume"]
+    if v is not None and d["format"] == "zarr":
+        fmt = f"Zarr v{v['zarr_format']}" + (f", OME-Zarr {v['ome']['version']}" if v["ome"] else "")
     if v is not None and d["format"] == "nifti":
         fmt += f"-{v['nifti_version']}"
     out = [line("file", f"{d['path']} ({fmt}, {human_bytes(d['file_bytes'])})")]
@@ -168,6 +175,11 @@ def info_lines(d: dict[str, Any]) -> list[str]:
         out.append(line("scaling", f"scl_slope {number(v['scl_slope'])}, scl_inter {number(v['scl_inter'])}"))
     if d["format"] == "nifti":
         out += _nifti_lines(v)
+    elif d["format"] == "zarr":
+        out += _zarr_lines(v)
+    elif d["format"] in ("analyze", "mgh"):
+        out += [line("datatype", v["datatype"]), line("zooms", " x ".join(number(z) for z in v["zooms"])),
+                line("data", f"{v['data_file']} from byte {v['vox_offset']}")]
     else:
         out += _hdf5_lines(v)
     if v["affine"] is not None:
@@ -177,7 +189,7 @@ def info_lines(d: dict[str, Any]) -> list[str]:
 
 def info_row(d: dict[str, Any]) -> list[str]:
     """One ``lucid info`` line for many files (as nib-ls): name, format, shape, dtype, axes, voxel size."""
-    fmt = "HDF5" if d["format"] == "hdf5" else "NIfTI"
+    fmt = FORMAT_NAMES.get(d["format"], "NIfTI")
     v = d["volume"]
     if v is None:
         return [d["path"], fmt, d["note"] or "no volume"]
@@ -214,6 +226,30 @@ def _nifti_lines(v: dict[str, Any]) -> list[str]:
     if v["descrip"]:
         out.append(line("descrip", v["descrip"]))
     out += [line("warning", text) for text in v.get("warnings", ())]
+    return out
+
+
+
+
+def _zarr_lines(v: dict[str, Any]) -> list[str]:
+    storage = f"chunks {shape(v['chunks'])}" + (f", shards {shape(v['shards'])}" if v["shards"] else "")
+    storage += ", " + (" ".join(v["codecs"]) or "no codecs")
+    out = [line("storage", storage)]
+    ngff = v["ome"]
+    if ngff:
+        out.append(line("level", f"{ngff['level']} of {ngff['levels']} ({', '.join(ngff['paths'])})"
+                        + ("; a label image" if ngff["label"] else "")))
+        for i, axis in enumerate(ngff["axes"]):
+            unit = f" {axis['unit']}" if axis.get("unit") else ""
+            out.append(line("NGFF axes" if i == 0 else "",
+                            f"{axis.get('name')} ({axis.get('type', '-')}): scale {number(ngff['scale'][i])}{unit}, "
+                            f"translation {number(ngff['translation'][i])}{unit}"))
+    elif any(v["dim_labels"]):
+        out.append(line("dim labels", " ".join(str(lab or "-") for lab in v["dim_labels"])))
+    for i, (key, value) in enumerate(v["attrs"].items()):
+        if key == "lucid_affine":
+            continue
+        out.append(line("attributes" if i == 0 else "", f"{key} = {_attr(value)}"))
     return out
 
 

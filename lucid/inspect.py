@@ -21,7 +21,8 @@ from lucid.io.base import Source
 __all__ = ["describe", "jsonable"]
 
 
-def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | None = None) -> dict[str, Any]:
+def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | None = None,
+             level: int | None = None) -> dict[str, Any]:
     """Describe a NIfTI or HDF5 file (``file.h5:/ds`` or ``dataset`` picks an HDF5 dataset).
 
     Returns ``{"path", "format", "file_bytes", "datasets", "volume", "note"}``:
@@ -34,12 +35,12 @@ def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | No
     fmt, file, ds_from_path = detect_format(path)
     if dataset is None:
         dataset = ds_from_path
-    if not os.path.isfile(file):
-        open_source(path, dataset=dataset, axes=axes)  # raises the library's one-line error
+    if not os.path.isfile(file) or level is not None:
+        open_source(path, dataset=dataset, axes=axes, level=level).close()  # raises the library's one-line error
     info: dict[str, Any] = {
         "path": file,
         "format": fmt,
-        "file_bytes": os.path.getsize(file),
+        "file_bytes": _tree_bytes(file),
         "datasets": None,
         "volume": None,
         "note": None,
@@ -53,12 +54,17 @@ def describe(path: str | os.PathLike, dataset: str | None = None, axes: str | No
                 f"{len(candidates)} datasets with 3+ dimensions: name one as {file}:/path or with --dataset"
             )
             return jsonable(info)
-    with open_source(file, dataset=dataset, axes=axes) as source:
+    with open_source(path if fmt == "zarr" else file, dataset=dataset, axes=axes, level=level) as source:
         volume = _volume(source)
         if fmt == "hdf5":
             volume.update(_hdf5_storage(file, source.dataset_path))
-        else:
+        elif fmt == "zarr":
+            volume.update(_zarr_storage(source))
+        elif source.meta.format == "nifti":
             volume.update(_nifti_header(source))
+        else:  # Analyze, MGH
+            info["format"] = source.meta.format
+            volume.update(_relative_header(source))
     info["volume"] = volume
     return jsonable(info)
 
@@ -81,6 +87,37 @@ def _volume(source: Source) -> dict[str, Any]:
         "scl_slope": float(slope),
         "scl_inter": float(inter),
     }
+
+
+def _tree_bytes(path: str) -> int:
+    """A file's size, or the total size of the files under a directory (a Zarr store)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _zarr_storage(source: Source) -> dict[str, Any]:
+    """Chunks, shards, codecs and attributes of a Zarr array; an OME-Zarr image's axes and transforms."""
+    extra = source.meta.extra
+    arr = source._arr
+    out: dict[str, Any] = {
+        "array": source.array_path,
+        "zarr_format": extra.get("zarr_format"),
+        "chunks": list(extra.get("chunks") or []),
+        "shards": None if not extra.get("shards") else list(extra["shards"]),
+        "codecs": [type(c).__name__ for c in (*arr.filters, *arr.compressors)],
+        "dim_labels": list(extra.get("dim_labels") or []),
+        "attrs": {k: v for k, v in extra.get("attrs", {}).items() if k not in ("_ARRAY_DIMENSIONS",)},
+        "ome": None,
+    }
+    info = extra.get("ome")
+    if info:
+        out["ome"] = {
+            "version": info["version"], "level": info["level"], "levels": info["levels"], "paths": info["paths"],
+            "name": info["name"], "axes": info["axes"], "scale": info["scale"], "translation": info["translation"],
+            "label": info["image_label"] is not None,
+        }
+    return out
 
 
 def _hdf5_datasets(file: str) -> list[dict[str, Any]]:
@@ -168,9 +205,25 @@ def _nifti_header(source: Source) -> dict[str, Any]:
         "cal_max": float(hdr["cal_max"]),
         "descrip": _text(hdr["descrip"]),
         "vox_offset": int(source.offset),
-        "extensions": len(hdr.extensions),
+        "extensions": len(hdr.extensions),  # those nibabel loaded; a large section is streamed, not loaded
+        "extension_bytes": (source.raw_extensions.length if source.raw_extensions is not None
+                            else int(hdr.extensions.get_sizeondisk())),
         "warnings": list(source.warnings),
     }
+
+
+def _relative_header(source: Source) -> dict[str, Any]:
+    """What ``lucid info`` shows of an Analyze or MGH header: data type, zooms, data offset, MGH's scan parameters."""
+    hdr = source.header
+    out: dict[str, Any] = {
+        "datatype": str(source.stored_dtype),
+        "zooms": [float(z) for z in hdr.get_zooms()],
+        "vox_offset": int(source.offset),
+        "data_file": source.data_path,
+    }
+    if source.meta.format == "mgh":
+        out.update({key: float(hdr[key]) for key in ("tr", "te", "ti", "flip_angle")})
+    return out
 
 
 def _text(value) -> str:

@@ -78,7 +78,7 @@ def cases(draw):
 def test_forward_and_backward_equal_the_in_memory_op(case, seed):
     a, chunks, (k, s, p, d, ceil, mode) = case
     x = da.from_array(a, chunks=chunks)
-    y = ldask.max_pool3d(x, k, s, p, d, ceil, mode)
+    y = ldask.max_pool3d(x, k, s, p, dilation=d, ceil_mode=ceil, padding_mode=mode)
     values, _ = reference(a, None, k, s, p, d, ceil, mode)
     with dask.config.set(scheduler="synchronous"):
         got = y.compute()
@@ -87,10 +87,22 @@ def test_forward_and_backward_equal_the_in_memory_op(case, seed):
     g = np.random.default_rng(seed).standard_normal(values.shape).astype(gdtype)
     g[g == 0] = 1  # no -0.0: the kernels' "+0.0 at a dropped winner" would show as a sign bit
     _, grad = reference(a, g, k, s, p, d, ceil, mode)
-    gx = ldask.max_pool3d_backward(x, da.from_array(g, chunks=y.chunks), k, s, p, d, ceil, mode)
+    gx = ldask.max_pool3d_backward(x, da.from_array(g, chunks=y.chunks), k, s, p, dilation=d, ceil_mode=ceil,
+                                   padding_mode=mode)
     assert gx.chunks == x.chunks
     with dask.config.set(scheduler="synchronous"):
         assert same_bits(gx.compute(), grad)
+
+
+def test_one_task_per_block_on_top_of_the_input():
+    a = np.random.default_rng(0).standard_normal((32, 32, 32), np.float32)
+    x = da.from_array(a, chunks=16)  # 8 input chunks
+    y = ldask.max_pool3d(x, 3, 2, 1)
+    assert len(dict(y.__dask_graph__())) == 8 + 8 and y.chunks == ((8, 8),) * 3
+    g = ldask.max_pool3d_backward(x, da.ones(y.shape, chunks=8, dtype=np.float32), 3, 2, 1)
+    assert g.chunks == x.chunks
+    assert ldask.max_pool3d(x, 3, 2, 1, out_chunks=(4, 8, 16)).chunks == ((4,) * 4, (8, 8), (16,))
+    assert ldask.max_pool3d_backward(x, y, 3, 2, 1, in_chunks=(8, 32, 16)).chunks == ((8,) * 4, (32,), (16, 16))
 
 
 def test_one_task_per_output_block_and_halo_from_neighbours():
@@ -115,21 +127,38 @@ def test_ties_and_nan_follow_pytorch():
     a.ravel()[rng.random(a.size) < 0.05] = np.nan
     x = da.from_array(a, chunks=(1, 2, 5, 4, 3))
     for k, s, p, d, ceil in [(3, 2, 1, 1, False), (2, 2, 0, 1, True), ((3, 2, 3), (1, 2, 2), 1, (2, 1, 1), True)]:
-        y = ldask.max_pool3d(x, k, s, p, d, ceil, "ignore")
+        y = ldask.max_pool3d(x, k, s, p, dilation=d, ceil_mode=ceil, padding_mode="ignore")
         t = torch.tensor(a, requires_grad=True)
         ty = torch.nn.functional.max_pool3d(t, k, s, p, d, ceil_mode=ceil)
         g = rng.standard_normal(ty.shape).astype(np.float32)
         ty.backward(torch.tensor(g))
-        gx = ldask.max_pool3d_backward(x, da.from_array(g, chunks=y.chunks), k, s, p, d, ceil, "ignore")
+        gx = ldask.max_pool3d_backward(x, da.from_array(g, chunks=y.chunks), k, s, p, dilation=d, ceil_mode=ceil,
+                                       padding_mode="ignore")
         values, grad = dask.compute(y, gx, scheduler="threads")
         np.testing.assert_array_equal(values, ty.detach().numpy())
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-6, atol=1e-6)  # PyTorch's own sums may differ in the last bit
 
 
+def test_on_a_local_cluster_and_against_pytorch(local_client):
+    a = np.random.default_rng(2).standard_normal((2, 3, 20, 18, 17)).astype(np.float32)
+    x = da.from_array(a, chunks=(1, 3, 7, 9, 6))
+    y = ldask.max_pool3d(x, 3, 2, 1)
+    g = ldask.max_pool3d_backward(x, da.ones(y.shape, chunks=4, dtype=np.float32), 3, 2, 1)
+    got, grad = local_client.compute([y, g], sync=True)
+    want, want_grad = reference(a, np.ones(y.shape, np.float32), 3, 2, 1, 1, False, "zeros")
+    assert same_bits(got, want) and same_bits(grad, want_grad)
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(a, requires_grad=True)
+    ty = torch.nn.functional.max_pool3d(t, 3, 2, 1)
+    ty.backward(torch.ones(y.shape))
+    np.testing.assert_array_equal(got, ty.detach().numpy())
+    np.testing.assert_array_equal(grad, t.grad.numpy())
+
+
 def test_numpy_inputs_and_errors():
     a = np.arange(4 * 6 * 8, dtype=np.float64).reshape(4, 6, 8)
     assert same_bits(ldask.max_pool3d(a, 2).compute(), reference(a, None, 2, 2, 0, 1, False, "zeros")[0])
-    with pytest.raises(ValueError, match="3-D"):
+    with pytest.raises(ValueError, match="at least 3 axes"):
         ldask.max_pool3d(np.zeros((4, 4)), 2)
     with pytest.raises(ValueError, match="grad_output has shape"):
         ldask.max_pool3d_backward(a, np.zeros((1, 1, 1)), 2)

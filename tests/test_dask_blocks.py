@@ -81,12 +81,6 @@ def test_backward_gap_rows_belong_to_no_window():
     assert blocks.backward_axis(w, 2, 4).outs == (1, 2)
 
 
-def test_output_bounds_follow_input_chunks():
-    w = PoolSpec.create(3, 2, 1).windows((10, 10, 10))[0]
-    assert blocks.output_bounds(w, (0, 4, 8, 10)) == (0, 3, 5)  # windows starting in [0, 4) are outputs 0..2
-    assert blocks.output_bounds(w, (0, 10)) == (0, 5)
-
-
 @st.composite
 def volumes(draw):
     ndim = draw(st.integers(3, 5))

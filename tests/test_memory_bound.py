@@ -5,11 +5,14 @@ libraries take about 55 MiB of that), for every input format, compressed or not.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import subprocess
 import sys
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -96,6 +99,62 @@ def test_compressed_inputs_stay_within_the_same_bound(compressed_volumes, tmp_pa
     )
     assert stats["slabs"] > 8
     assert stats["estimate"] <= LIMIT_MIB << 20
+    assert stats["peak"] < LIMIT_MIB + OVERHEAD_MIB, stats
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["data"].shape == (160, 160, 160)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_200_mib_header_extension_stays_within_the_bound(tmp_path, suffix):
+    # The extension is copied to the output 1 MiB at a time, never loaded (it was: 445 MiB peak).
+    from tests.test_nifti_extensions import write_with_extension
+
+    src = tmp_path / f"ext{suffix}"
+    write_with_extension(src, 200 << 20)
+    out = tmp_path / f"out{suffix}"
+    stats = _run_child(f"{str(src)!r}, {str(out)!r}, 2, memory_limit='{LIMIT_MIB}M'")
+    assert stats["peak"] < LIMIT_MIB + OVERHEAD_MIB, stats
+    assert (200 << 20) < os.path.getsize(out) or suffix == ".nii.gz"
+    header = nib.Nifti1Header.from_fileobj(open(out, "rb") if suffix == ".nii" else gzip.open(out, "rb"))
+    assert [e.get_code() for e in header.extensions] == [40, 6]
+
+
+@pytest.fixture(scope="module")
+def relative_volumes(big_volume, tmp_path_factory):
+    """The 125 MiB volume as an Analyze .hdr/.img pair and as an .mgz, both written plane by plane."""
+    from nibabel.freesurfer.mghformat import MGHHeader
+
+    folder = tmp_path_factory.mktemp("relatives")
+    pair, mgz = folder / "vol.hdr", folder / "vol.mgz"
+    with h5py.File(big_volume, "r") as f:
+        src = f["data"]
+        shape = src.shape[::-1]
+        analyze = nib.AnalyzeHeader()
+        analyze.set_data_dtype(np.float32)
+        analyze.set_data_shape(shape)
+        pair.write_bytes(analyze.binaryblock)
+        mgh = MGHHeader()
+        mgh.set_data_dtype(np.float32)
+        mgh.set_data_shape(shape)
+        head = mgh.binaryblock[: mgh._hdrdtype.itemsize]
+        with open(folder / "vol.img", "wb") as img, gzip.open(mgz, "wb", compresslevel=1) as gz:
+            gz.write(head + b"\0" * (284 - len(head)))
+            for z in range(src.shape[0]):
+                plane = np.ascontiguousarray(src[z])
+                img.write(plane.tobytes())
+                gz.write(plane.astype(">f4").tobytes())
+    return {"pair": pair, "mgz": mgz}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pair", "mgz"])
+def test_analyze_and_mgz_inputs_stay_within_the_same_bound(relative_volumes, tmp_path, kind):
+    stats = _run_child(
+        f"{str(relative_volumes[kind])!r}, {str(tmp_path / 'out.h5')!r}, 2, memory_limit='{LIMIT_MIB}M', "
+        "compression='none'"
+    )
+    assert stats["slabs"] > 8
     assert stats["peak"] < LIMIT_MIB + OVERHEAD_MIB, stats
     with h5py.File(tmp_path / "out.h5", "r") as f:
         assert f["data"].shape == (160, 160, 160)

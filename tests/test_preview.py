@@ -214,3 +214,23 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1
     assert run.stderr.strip() == "Error: pictures need matplotlib: pip install 'lucid-pool[preview]'"
+
+
+def test_ome_zarr_planes_follow_the_ngff_scales(tmp_path):
+    from lucid.stream.api import pool3d_file
+
+    x = np.zeros((12, 32, 32), np.float32)  # d, h, w
+    x[2:4, 20:24, 4:8] = 1.0
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["data"] = x
+        f["data"].attrs["element_size_um"] = [3.0, 1.0, 1.0]
+    pool3d_file(str(tmp_path / "v.h5"), str(tmp_path / "v.ome.zarr"), kernel_size=1)  # an OME-Zarr copy
+    png = tmp_path / "z.png"
+    fig = preview.render(tmp_path / "v.ome.zarr", slices={"z": 3, "y": 21, "x": 5})
+    preview.save(fig, png)
+    gids = sorted(a.get_gid() for a in fig.axes if a.get_gid())
+    assert gids[:3] == ["0:0", "0:1", "0:2"]
+    ax = next(a for a in fig.axes if a.get_gid() == "0:1")  # through y: x across, z (3 um voxels) down
+    assert abs(ax.get_ylim()[1] - ax.get_ylim()[0]) == pytest.approx(12 * 3.0) and "um" in ax.get_ylabel()
+    assert _bright(_pixel(fig, png, "0:1", 5.5, 2.5 * 3.0)) and _dark(_pixel(fig, png, "0:1", 5.5, 8.5 * 3.0))
+    assert _bright(_pixel(fig, png, "0:0", 5.5, 21.5)) and _dark(_pixel(fig, png, "0:0", 5.5, 31 - 21.5))

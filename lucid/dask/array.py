@@ -1,10 +1,10 @@
 """Max pooling of dask arrays: lazy, one task per block, bit-identical to ``lucid.nn.functional.max_pool3d``.
 
 ``max_pool3d(x, 3, 2, 1)`` pools the last three axes of a 3-D, 4-D or 5-D
-dask array (leading axes are carried).  Output block i holds the windows
-that start in input chunk i; its one task takes the input chunks its
-windows read (halo included) and runs the same kernels as the streaming
-engine.  Not ``map_overlap``, which costs tens of tasks per 3-D block.
+dask array (leading axes are carried with their chunks).  Each output block
+(about one input chunk's worth of outputs) is one task that takes the input
+chunks its windows read (halo included) and runs the same kernels as the
+streaming engine.  Not ``map_overlap``, which costs tens of tasks per 3-D block.
 
 ``max_pool3d_backward(x, grad_output, 3, 2, 1)`` is the gradient map on
 ``x``'s chunks by "owner computes": the task of each input chunk
@@ -41,8 +41,8 @@ def _spec(kernel_size, stride, padding, dilation, ceil_mode, padding_mode) -> Po
 
 def _check(x, what: str):
     x = x if isinstance(x, da.Array) else da.asarray(x)
-    if x.ndim not in (3, 4, 5):
-        raise ValueError(f"{what} must be 3-D (D, H, W), 4-D or 5-D (leading axes carried), got shape {x.shape}")
+    if x.ndim < 3:
+        raise ValueError(f"{what} needs at least 3 axes (D, H, W; leading axes are carried), got shape {x.shape}")
     maxpool.check_dtype(x.dtype)
     if x.size == 0:
         raise ValueError(f"{what} is empty (shape {x.shape})")
@@ -104,24 +104,30 @@ def _inputs(x: da.Array, box: Box) -> tuple[list, list]:
     return keys, places
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               padding_mode: str = "zeros") -> da.Array:
+def _block_bounds(size: int, given: Sequence[int] | None, axis: int, default: int) -> tuple[int, ...]:
+    return blocks.even_bounds(size, int(given[axis]) if given is not None else default)
+
+
+def max_pool3d(x, kernel_size=1, stride=None, padding=0, *, dilation=1, ceil_mode: bool = False,
+               padding_mode: str = "zeros", out_chunks: Sequence[int] | None = None) -> da.Array:
     """Max pooling of the last three axes of a dask array, lazily (``stride`` None: the kernel).
 
     Bit-identical to ``lucid.nn.functional.max_pool3d`` on the computed array;
     ``padding_mode="ignore"`` never lets padding win (PyTorch), ``"zeros"``
-    pads with zeros that can win.  One task per output block.
+    pads with zeros that can win.  One task per output block: ``out_chunks``
+    (three ints) outputs per block along the pooled axes, by default about
+    one input chunk's worth.
     """
     x = _check(x, "max_pool3d input")
     spec = _spec(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
     pooled = (x.ndim - 3, x.ndim - 2, x.ndim - 1)
     windows = spec.windows(x.shape[-3:])
     bounds = [_cuts(c) for c in x.chunks]
-    for a, w in zip(pooled, windows):
-        bounds[a] = blocks.output_bounds(w, bounds[a])
+    for r, (a, w) in enumerate(zip(pooled, windows)):
+        bounds[a] = _block_bounds(w.size_out, out_chunks, r, max(1, max(x.chunks[a]) // w.stride))
     plan = BlockPlan(blocks.FORWARD, tuple(x.shape), pooled, windows, tuple(bounds))
     pad_value = 0 if padding_mode == "zeros" else None
-    name = "lucid-max_pool3d-" + tokenize(x, spec)
+    name = "lucid-max_pool3d-" + tokenize(x, spec, plan.bounds)
     graph: dict[Any, Any] = {}
     for index in plan.indices():
         block = plan.block(index)
@@ -131,27 +137,34 @@ def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     return da.Array(hlg, name, plan.chunks(), dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype))
 
 
-def max_pool3d_backward(x, grad_output, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-                        padding_mode: str = "zeros") -> da.Array:
+def max_pool3d_backward(x, grad_output, kernel_size=1, stride=None, padding=0, *, dilation=1,
+                        ceil_mode: bool = False, padding_mode: str = "zeros",
+                        in_chunks: Sequence[int] | None = None) -> da.Array:
     """The gradient of ``max_pool3d`` with respect to ``x``, lazily, on ``x``'s chunks.
 
     Each output's ``grad_output`` goes to the first maximum of its window in
     (d, h, w) order (a NaN window: its last NaN); a maximum in the zero
     padding sends it nowhere.  Bit-identical to the in-memory backward of
     ``lucid.nn.functional.max_pool3d``; the result has ``grad_output``'s dtype.
+    "Owner computes": each input block (``in_chunks`` rows per pooled axis,
+    by default ``x``'s chunks) re-evaluates every window touching it.
     """
     x = _check(x, "max_pool3d_backward input")
     grad_output = _check(grad_output, "grad_output")
     spec = _spec(kernel_size, stride, padding, dilation, ceil_mode, padding_mode)
     pooled = (x.ndim - 3, x.ndim - 2, x.ndim - 1)
     windows = spec.windows(x.shape[-3:])
-    plan = BlockPlan(blocks.BACKWARD, tuple(x.shape), pooled, windows, tuple(_cuts(c) for c in x.chunks))
+    bounds = [_cuts(c) for c in x.chunks]
+    if in_chunks is not None:
+        for r, a in enumerate(pooled):
+            bounds[a] = _block_bounds(x.shape[a], in_chunks, r, 1)
+    plan = BlockPlan(blocks.BACKWARD, tuple(x.shape), pooled, windows, tuple(bounds))
     if tuple(grad_output.shape) != plan.out_shape:
         raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}, the pooled shape is {plan.out_shape}")
     mults = maxpool.code_mults(windows, plan.priority)
     pad_value = 0 if padding_mode == "zeros" else None
     dtype = grad_output.dtype
-    name = "lucid-max_pool3d_backward-" + tokenize(x, grad_output, spec)
+    name = "lucid-max_pool3d_backward-" + tokenize(x, grad_output, spec, plan.bounds)
     graph: dict[Any, Any] = {}
     for index in plan.indices():
         block = plan.block(index)

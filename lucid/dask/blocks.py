@@ -214,15 +214,6 @@ def even_bounds(size: int, extent: int) -> tuple[int, ...]:
     return (*range(0, size, extent), size)
 
 
-def output_bounds(w: AxisWindow, input_bounds: Sequence[int]) -> tuple[int, ...]:
-    """Output cut points matching input cut points: output block i holds the windows
-    that start in input block i (a dask array's chunks, mapped through the pooling)."""
-    cuts = {0, w.size_out}
-    for c in input_bounds[1:-1]:  # windows starting in the padding go with the first block
-        cuts.add(min(w.size_out, max(0, -(-(c + w.pad) // w.stride))))
-    return tuple(sorted(cuts))
-
-
 def task_bytes(plan_kind: str, read: int, outs: int, rows: int, *, itemsize: int, out_itemsize: int,
                grad_itemsize: int, code_size: int, indices: bool = False) -> int:
     """Peak bytes of one task: ``read`` input elements, ``outs`` windows, ``rows`` scatter-buffer elements.

@@ -86,7 +86,7 @@ def connect(spec: ClusterSpec, timeout: float = 30) -> Iterator[Any]:
         if cluster is not None:
             cluster.close()
         raise
-    except (OSError, TimeoutError, ValueError) as exc:
+    except Exception as exc:  # OSError, TimeoutError, a worker that fails to start (RuntimeError)  # noqa: BLE001
         if cluster is not None:
             cluster.close()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -64,16 +64,28 @@ PARALLEL_FORMATS = ("hdf5", "zarr", "nifti")
 
 def serial_reason(job: PoolJob) -> str | None:
     """Why this job cannot run on a cluster (one line), or None when it can."""
-    for path in (job.input, job.grad_in, job.output, job.grad_out, job.indices_out):
+    for path, output in ((job.input, False), (job.grad_in, False), (job.output, True), (job.grad_out, True),
+                         (job.indices_out, True)):
         if path is None:
             continue
         if not isinstance(path, (str, os.PathLike)):
             return "an in-memory array cannot be read by other processes; running on this machine's engine"
         fmt, file, _ = detect_format(path)
-        if fmt == "nifti" and file.lower().endswith(".gz"):
-            return (f"{file}: a gzip-compressed NIfTI can only be read or written from start to end, not in "
+        lower = file.lower()
+        if fmt == "nifti" and lower.endswith((".gz", ".mgz")):
+            return (f"{file}: a gzip-compressed file can only be read or written from start to end, not in "
                     "parallel; running on this machine's engine")
+        if fmt == "nifti" and not lower.endswith(".nii"):
+            return f"{file}: only .nii of the NIfTI family runs on a cluster; running on this machine's engine"
+        if fmt == "zarr" and output and _is_ome(file):
+            return f"{file}: an OME-Zarr output is written by its own sink; running on this machine's engine"
     return None
+
+
+def _is_ome(file: str) -> bool:
+    from lucid.io.ome_zarr import is_ome_path
+
+    return is_ome_path(file)
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ def _marker(ctx: Context, kind: str, index) -> str:
 
 
 def _open_input(job: PoolJob):
-    return open_source(job.input, dataset=job.dataset, axes=job.axes)
+    return open_source(job.input, dataset=job.dataset, axes=job.axes, level=job.level)
 
 
 def _write(staged: Staged, box, data: np.ndarray) -> None:

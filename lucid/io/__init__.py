@@ -28,6 +28,7 @@ __all__ = [
     "sink_name",
     "stored_shape",
     "detect_format",
+    "primary_file",
     "Source",
     "Sink",
     "Layout",
@@ -48,10 +49,14 @@ __all__ = [
     "nifti_axis_order",
     "pooling_matrix",
     "SUPPORTED_SUFFIXES",
+    "NIBABEL_SUFFIXES",
     "SINK_KINDS",
 ]
 
-SUPPORTED_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nii", ".nii.gz", ".zarr", ".zarr.zip")
+SUPPORTED_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nii", ".nii.gz", ".hdr", ".img", ".mgh", ".mgz", ".zarr", ".zarr.zip")
+# Read through nibabel (format "nifti" here: the same Fortran-order, x-y-z-first storage): NIfTI-1/-2
+# single files, Analyze and NIfTI pairs (.hdr/.img), FreeSurfer MGH/MGZ (lucid.io.nib_relatives).
+NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".mgh", ".mgz")
 SINK_KINDS = ("output", "gradient", "indices")
 _H5_RE = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf))(?::(?P<ds>.*))?$", re.IGNORECASE | re.DOTALL)
 
@@ -79,7 +84,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str, str | None]:
     """
     text = os.fspath(path)
     lower = text.lower()
-    if lower.endswith(".nii") or lower.endswith(".nii.gz"):
+    if lower.endswith(NIBABEL_SUFFIXES):
         return "nifti", text, None
     from lucid.io.zarr import ZARR_RE
 
@@ -93,8 +98,20 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str, str | None]:
     raise LucidIOError(f"{text}: unsupported file type; supported: {', '.join(SUPPORTED_SUFFIXES)} (file.h5:/dataset)")
 
 
-def open_source(path, *, dataset: str | None = None, axes: str | None = None) -> Source:
-    """Open a volume for reading: ``.h5/.hdf5/.hdf`` (``file.h5:/ds``), ``.nii``/``.nii.gz`` or an ndarray.
+def primary_file(path: str | os.PathLike) -> str:
+    """The file that stands for a volume's files: the ``.hdr`` of a ``.hdr``/``.img`` pair, else ``path``
+    (so that ``a.hdr`` and ``a.img`` count as one file when outputs are checked against inputs)."""
+    from lucid.io.nifti import pair_paths
+
+    file = detect_format(path)[1]
+    pair = pair_paths(file)
+    return pair[0] if pair is not None else file
+
+
+def open_source(path, *, dataset: str | None = None, axes: str | None = None, level: int | None = None) -> Source:
+    """Open a volume for reading: ``.h5/.hdf5/.hdf`` (``file.h5:/ds``), ``.nii``/``.nii.gz``, ``.zarr`` or an ndarray.
+
+    ``level`` picks an OME-Zarr image's resolution level (default 0); other formats refuse it.
 
     Every problem with the file (missing, unreadable, truncated, not a volume,
     wrong dtype, ...) is a one-line :class:`LucidIOError` naming it.
@@ -104,16 +121,18 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"open_source needs a path or a numpy array, got {type(path).__name__}")
     fmt, file, ds = detect_format(path)
+    if level is not None and fmt != "zarr":
+        raise LucidIOError(f"{file}: --level needs an OME-Zarr image; this is a {fmt} file")
     if fmt == "nifti":
         if dataset is not None:
             raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
-        from lucid.io.nifti import NiftiSource
+        from lucid.io.nib_relatives import open_source as open_nibabel
 
-        return NiftiSource(file, axes=axes)
+        return open_nibabel(file, axes)
     if fmt == "zarr":
         from lucid.io.zarr import ZarrSource
 
-        return ZarrSource(file, dataset if dataset is not None else ds, axes=axes)
+        return ZarrSource(file, dataset if dataset is not None else ds, axes=axes, level=level)
     from lucid.io.hdf5 import HDF5Source
 
     return HDF5Source(file, dataset if dataset is not None else ds, axes=axes)
@@ -248,16 +267,21 @@ def open_sink(
     common = dict(like=like, pooling=pooling, kind=kind, compression=compression, force=force,
                   slab_rows=slab_rows, provenance=provenance, protect=protect)
     if fmt == "nifti":
-        from lucid.io.nifti import NiftiSink
+        from lucid.io.nib_relatives import open_sink as open_nibabel_sink
 
         if dataset is not None:
             raise LucidIOError(f"{file}: a NIfTI file has no datasets (got dataset={dataset!r})")
-        return NiftiSink(file, shape, dtype, scale=scale, **common)
+        return open_nibabel_sink(file, shape, dtype, scale=scale, **common)
     if fmt == "zarr":
+        from lucid.io.ome_zarr import OmeZarrSink, is_ome_path
         from lucid.io.zarr import ZarrSink
 
         if file.lower().endswith(".zip"):
             raise LucidIOError(f"{file}: zip stores are read-only; write a .zarr directory")
+        if is_ome_path(file):
+            if dataset or (ds and ds.strip("/")):
+                raise LucidIOError(f"{file}: an OME-Zarr output holds the image at its root; name no array in it")
+            return OmeZarrSink(file, shape, dtype, shards=shards, zarr_format=zarr_format, **common)
         return ZarrSink(file, shape, dtype, array=dataset if dataset is not None else ds, scale=scale,
                         zarr_format=zarr_format, shards=shards, chunks=chunks, staging=staging, **common)
     from lucid.io.hdf5 import HDF5Sink

@@ -291,17 +291,22 @@ class AtomicTarget:
         if self.aborted:
             raise LucidIOError(f"{self.display}: cannot commit an aborted output")
         try:
-            fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for path in self._to_sync():
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             self.abort()
             if is_no_space(exc):
                 raise no_space_error(self.display, exc) from None
             raise LucidIOError(f"{self.display}: cannot flush the output to disk: {exc.strerror or exc}") from None
         self.synced = True
+
+    def _to_sync(self):
+        """What ``sync`` flushes: the temporary file (a directory store: its entries, then itself)."""
+        return [self.tmp]
 
     def commit(self) -> None:
         """fsync the finished temporary file (unless ``sync`` did) and rename it into place.

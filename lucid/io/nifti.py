@@ -38,11 +38,13 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.fileholders import FileHolder
 
 from lucid.io.array import check_dtype, check_shape
 from lucid.io.atomic import AtomicTarget, FileSink, human_bytes, is_no_space, make_temp_path, no_space_error, remove_quietly
@@ -59,6 +61,7 @@ from lucid.io.base import (
 )
 from lucid.io.gzstream import BUFFER_BYTES, GzipError, GzipStream
 from lucid.io.layout import nifti_axis_order, parse_layout
+from lucid.io.nifti_extensions import peek
 from lucid.io.nifti_geometry import sane_header
 from lucid.io.pywarnings import collect
 
@@ -69,23 +72,44 @@ NATIVE = "<" if sys.byteorder == "little" else ">"
 SPOOL_MARK = ".lucid-spool-"
 
 
-def load_nifti(path: str, name: str):
-    check_input_file(path, name, "a NIfTI")
+def load_nifti(path: str, name: str, image_types=None, what: str = "NIfTI"):
+    """``(nibabel image, RawExtensions or None)``: an extension section larger than
+    ``nifti_extensions.INLINE_BYTES`` is left in the file (see ``lucid.io.nifti_extensions``).
+
+    ``image_types``: the nibabel classes accepted (default: NIfTI-1/-2, single files and pairs)."""
+    check_input_file(path, name, f"a {what}")
+    raw = None
     try:
         with _quiet_nibabel():
-            img = nib.load(path)
+            img = None
+            single = path.lower().endswith((".nii", ".nii.gz"))
+            peeked = peek(path, path.lower().endswith(".gz")) if single else None
+            if peeked is not None:
+                img, raw = _header_only_image(*peeked)
+            if img is None:
+                img = nib.load(path)
     except PermissionError:
         raise LucidIOError(f"{name}: permission denied") from None
     except (EOFError, gzip.BadGzipFile) as exc:
-        raise LucidIOError(f"{name}: truncated or corrupt NIfTI file ({one_line(exc)})") from None
+        raise LucidIOError(f"{name}: truncated or corrupt {what} file ({one_line(exc)})") from None
     except Exception as exc:  # nibabel raises many types for garbage
         gzip_problem = _gzip_head_error(path)
         if gzip_problem:
-            raise LucidIOError(f"{name}: not a readable NIfTI file: corrupt or truncated gzip stream ({gzip_problem})") from None
-        raise LucidIOError(f"{name}: not a readable NIfTI file ({one_line(exc)})") from None
-    if not isinstance(img, nib.Nifti1Image):
-        raise LucidIOError(f"{name}: not a NIfTI-1/NIfTI-2 single-file image ({type(img).__name__})")
-    return img
+            raise LucidIOError(f"{name}: not a readable {what} file: corrupt or truncated gzip stream ({gzip_problem})") from None
+        raise LucidIOError(f"{name}: not a readable {what} file ({one_line(exc)})") from None
+    if not isinstance(img, image_types or nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and the pairs
+        raise LucidIOError(f"{name}: not a {what} image ({type(img).__name__})")
+    return img, raw
+
+
+def _header_only_image(block: bytes, raw):
+    """A nibabel image from the header bytes only (its data is read by lucid, never through it)."""
+    klass = nib.Nifti2Image if len(block) == 540 else nib.Nifti1Image
+    try:  # the extension flag zeroed: nibabel reads no extension
+        image = klass.from_file_map({"image": FileHolder(fileobj=io.BytesIO(block + b"\0" * 4))})
+    except Exception:  # let nibabel's own loader decide (and word the error)
+        return None, None
+    return image, raw
 
 
 def _gzip_head_error(path: str) -> str | None:
@@ -132,13 +156,15 @@ class NiftiSource(Source):
 
     order = "F"
     chunk_rows = 1
+    image_types: tuple | None = None  # the nibabel classes read (None: NIfTI-1/-2 files and pairs)
+    what = "NIfTI"  # the format in messages
 
     def __init__(self, path: str | os.PathLike, *, axes: str | None = None, name: str | None = None):
         shown = name or os.fspath(path)
         self.name = shown
         self.path = os.path.abspath(os.fspath(path))
         with collect() as seen:
-            img = load_nifti(self.path, shown)
+            img, self.raw_extensions = load_nifti(self.path, shown, self.image_types, self.what)
         try:
             with collect() as seen_init:
                 self._init(img, shown, axes)
@@ -148,17 +174,32 @@ class NiftiSource(Source):
             raise
         except Exception as exc:  # nibabel on a damaged header (KeyError, ValueError, OverflowError, ...)
             self.close()
-            raise LucidIOError(f"{shown}: not a readable NIfTI file ({one_line(exc)})") from exc
+            raise LucidIOError(f"{shown}: not a readable {self.what} file ({one_line(exc)})") from exc
+
+    def _sane(self, header, shown: str):
+        """``(header with only usable geometry, warnings, voxel sizes known)``."""
+        return sane_header(header, shown)
+
+    def files(self) -> tuple[str, ...]:
+        """The file named, and for a ``.hdr``/``.img`` pair the other one too."""
+        return tuple(dict.fromkeys((self.path, self.header_path, self.data_path)))
 
     def _init(self, img, shown: str, axes: str | None) -> None:
+        files = {key: holder.filename for key, holder in img.file_map.items()}  # None: the header-only image
+        self.data_path = os.path.abspath(files.get("image") or self.path)
+        self.header_path = os.path.abspath(files.get("header") or self.data_path)
+        self.data_name = shown  # the data file as the user would name it
+        if self.data_path != self.path:  # a pair: the data file must be readable too
+            self.data_name = os.path.join(os.path.dirname(shown), os.path.basename(self.data_path))
+            check_input_file(self.data_path, self.data_name, f"an {self.what} image")
         self.raw_header = img.header  # as in the file (``lucid info`` shows its fields)
-        hdr, self.warnings, self.sizes_known = sane_header(img.header, shown)
+        hdr, self.warnings, self.sizes_known = self._sane(img.header, shown)
         self.header = hdr
-        self.gzipped = self.path.lower().endswith(".gz")
+        self.gzipped = self.data_path.lower().endswith((".gz", ".mgz"))
         try:
             stored = np.dtype(hdr.get_data_dtype())
         except Exception as exc:
-            raise LucidIOError(f"{shown}: unsupported NIfTI data type ({one_line(exc)})") from None
+            raise LucidIOError(f"{shown}: unsupported {self.what} data type ({one_line(exc)})") from None
         self.stored_dtype = stored
         self.dtype = check_dtype(stored, shown)
         self.shape = tuple(int(n) for n in img.shape)
@@ -171,10 +212,10 @@ class NiftiSource(Source):
         self.offset = int(proxy.offset)
         slope, inter = float(proxy.slope), float(proxy.inter)
         nbytes = math.prod(self.shape) * stored.itemsize  # Python ints: a crazy header cannot overflow
-        size = os.path.getsize(self.path)
+        size = os.path.getsize(self.data_path)
         if not self.gzipped and size < self.offset + nbytes:
             raise LucidIOError(
-                f"{shown}: truncated NIfTI file: {size} bytes, the header promises {self.offset + nbytes} bytes"
+                f"{self.data_name}: truncated {self.what} file: {size} bytes, the header promises {self.offset + nbytes} bytes"
             )
         if self.gzipped and self.offset + nbytes > GZIP_MAX_RATIO * size + 1024:
             raise LucidIOError(
@@ -184,7 +225,7 @@ class NiftiSource(Source):
         self.data_end = self.offset + nbytes
         if not self.gzipped:
             self._proxy = ArrayProxy(
-                self.path, (self.shape, stored, self.offset, 1.0, 0.0), mmap=False, keep_file_open=True
+                self.data_path, (self.shape, stored, self.offset, 1.0, 0.0), mmap=False, keep_file_open=True
             )
         self.meta = self._make_meta(hdr, (slope, inter))
 
@@ -213,7 +254,7 @@ class NiftiSource(Source):
             affine=None if affine is None else np.array(affine, dtype=float),
             scale=scale,
             extra={"header": hdr.copy(), "nifti_version": 2 if isinstance(hdr, nib.Nifti2Header) else 1,
-                   "gzip": self.gzipped},
+                   "gzip": self.gzipped, "raw_extensions": self.raw_extensions},
         )
 
     @property
@@ -293,7 +334,7 @@ class NiftiSource(Source):
     def _stream(self) -> GzipStream:
         if self._gz is None:
             try:
-                self._gz = GzipStream(self.path)
+                self._gz = GzipStream(self.data_path)
             except GzipError as exc:
                 raise LucidIOError(f"{self.name}: corrupt or truncated gzip stream ({exc})") from None
         return self._gz
@@ -341,13 +382,13 @@ class NiftiSource(Source):
     def _read_run(self, index, first: int, count: int) -> np.ndarray:
         """A box that is one run of the file: read straight into the array (one copy, not two)."""
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(self.data_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         out = np.empty(box_shape(index), self.stored_dtype, order="F")
         flat = out.reshape(-1, order="F")  # a view: ``out`` is F-contiguous
         want = count * self.stored_dtype.itemsize
         got = os.preadv(self._fd, [memoryview(flat).cast("B")], self.offset + first * self.stored_dtype.itemsize)
         if got != want:
-            raise LucidIOError(f"{self.name}: truncated NIfTI data: read {got} of {want} bytes at box "
+            raise LucidIOError(f"{self.data_name}: truncated {self.what} data: read {got} of {want} bytes at box "
                                f"[{', '.join(f'{s.start}:{s.stop}' for s in index)}]")
         return _native(out)
 
@@ -431,6 +472,19 @@ def _gzip_level(compression: str | None, name: str) -> int:
     return DEFAULT_GZIP_LEVEL
 
 
+PAIR_SUFFIXES = (".hdr", ".img")
+
+
+def pair_paths(path) -> tuple[str, str] | None:
+    """``(x.hdr, x.img)`` for a path naming either file of an Analyze/NIfTI pair, else None."""
+    text = os.fspath(path)
+    if not text.lower().endswith(PAIR_SUFFIXES):
+        return None
+    stem, suffix = text[:-4], text[-4:]
+    upper = suffix.isupper()
+    return stem + (".HDR" if upper else ".hdr"), stem + (".IMG" if upper else ".img")
+
+
 def _grid_changed(pooling, axis: int, n_in: int, n_out: int) -> bool:
     if pooling is None:
         return n_in != n_out
@@ -455,16 +509,15 @@ class NiftiSink(FileSink):
             raise LucidIOError(f"{shown}: NIfTI cannot store float16; write float32 or an .h5 file")
         if len(self.shape) > 7:
             raise LucidIOError(f"{shown}: NIfTI stores at most 7 dimensions, the output has {len(self.shape)}")
-        self.gz = os.fspath(path).lower().endswith(".gz")
+        self.gz = os.fspath(path).lower().endswith((".gz", ".mgz"))
         self.level = _gzip_level(compression, shown)
         self.perm = nifti_axis_order(like.layout, like.order)
         self.nshape = tuple(self.shape[a] for a in self.perm)
+        self.provenance = provenance
+        self.raw_extensions = None  # set by _copy_header: a large extension section copied from the input
+        self.pair = pair_paths(path)  # (header, image) of a .hdr/.img pair, else None
         header = self._build_header(like, pooling, kind, scale)
-        buf = io.BytesIO()
-        header.write_to(buf)
-        head = buf.getvalue()
-        self.vox_offset = int(header["vox_offset"])
-        head += b"\0" * (self.vox_offset - len(head))
+        head, tail = self._head_bytes(header)
         self.header = header
         self.total = int(np.prod(self.nshape, dtype=np.int64)) * self.dtype.itemsize
         self._fstrides = np.cumprod((1,) + self.nshape[:-1]).tolist()  # element strides, F order
@@ -476,23 +529,82 @@ class NiftiSink(FileSink):
         self._fd = None
         self._raw = None
         self._gzf = None
-        expected = None if self.gz else self.vox_offset + self.total
-        self.target = AtomicTarget(path, force=force, protect=[like.path, *protect], expected_bytes=expected)
+        expected = None if self.gz else self.vox_offset + self.total + len(self.footer)
+        self.header_target = None
+        if self.pair is not None:  # the header file first: it is small, and refused the same way
+            self.header_target = AtomicTarget(self.pair[0], force=force, protect=[like.path, *protect])
+            path = self.pair[1]
+        try:
+            self.target = AtomicTarget(path, force=force, protect=[like.path, *protect], expected_bytes=expected)
+        except BaseException:
+            self.header_target is not None and self.header_target.abort()
+            raise
         self.path = os.fspath(self.target.dest)
         try:
+            if self.pair is not None:
+                self._write_pair_header(head)
+                head = tail = b""
             if self.gz:
                 self._raw = open(self.target.tmp, "wb")
                 base = os.path.basename(self.path)
-                self._gzf = gzip.GzipFile(filename=base[:-3], mode="wb", fileobj=self._raw,
+                self._gzf = gzip.GzipFile(filename=base[:-3] if base.lower().endswith(".gz") else base, mode="wb", fileobj=self._raw,
                                           compresslevel=self.level, mtime=0)
-                self._gzf.write(head)
+                write = self._gzf.write
             else:
                 self._fd = os.open(self.target.tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
-                self._pwrite(head, 0)
+                write = self._appender()
+            write(head)
+            if self.raw_extensions is not None:
+                self.raw_extensions.copy(write, swap=self.raw_extensions.byteorder != NATIVE)
+            write(tail)
+        except GzipError as exc:
+            self._fail(LucidIOError(f"{like.name}: corrupt or truncated gzip stream in the header extensions "
+                                    f"({exc})"), "cannot copy the header extensions")
         except BaseException as exc:
             self._fail(exc, "cannot create the output")
 
     # -- header
+    footer = b""  # bytes after the data (MGH's scan parameters)
+    file_dtype = None  # the data's dtype in the file (None: self.dtype, native order)
+
+    def _head_bytes(self, header) -> tuple[bytes, bytes]:
+        """What precedes the data: ``(head, tail)``, with a large extension section streamed between them."""
+        if self.pair is not None:  # the header file holds header and extensions; the data starts the .img
+            header["magic"] = header.pair_magic
+            header["vox_offset"] = 0
+            head = header.binaryblock
+            self.vox_offset = 0
+            if self.raw_extensions is not None:
+                return head + b"\x01\0\0\0", b""
+            if len(header.extensions):
+                buf = io.BytesIO()
+                header.extensions.write_to(buf, byteswap=False)
+                head += b"\x01\0\0\0" + buf.getvalue()
+            return head, b""
+        buf = io.BytesIO()
+        header.write_to(buf)
+        head = buf.getvalue()
+        self.vox_offset = int(header["vox_offset"])
+        raw = 0
+        if self.raw_extensions is not None:  # the flag, then the section streamed from the input, then padding
+            head = head[:header.sizeof_hdr] + b"\x01\0\0\0"
+            raw = self.raw_extensions.length
+        return head, b"\0" * (self.vox_offset - len(head) - raw)
+
+    def _write_pair_header(self, head: bytes) -> None:
+        fd = os.open(self.header_target.tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        try:
+            def write(data) -> None:
+                view = memoryview(data).cast("B")
+                while len(view):
+                    view = view[os.write(fd, view):]
+
+            write(head)
+            if self.raw_extensions is not None:
+                self.raw_extensions.copy(write, swap=self.raw_extensions.byteorder != NATIVE)
+        finally:
+            os.close(fd)
+
     def _build_header(self, like: Source, pooling, kind: str, scale):
         meta = like.meta
         nshape = self.nshape
@@ -503,6 +615,7 @@ class NiftiSink(FileSink):
             hdr = self._copy_header(src, needs2, pooling, like)
         else:
             hdr = self._fresh_header(like, needs2, pooling)
+        self._tag_job(hdr)
         try:
             hdr.set_data_dtype(self.dtype)
         except Exception as exc:
@@ -519,11 +632,22 @@ class NiftiSink(FileSink):
             hdr.set_slope_inter(None, None)
         else:
             hdr.set_slope_inter(float(scale[0]), float(scale[1]))
+        raw = self.raw_extensions.length if self.raw_extensions is not None else 0
         hdr["vox_offset"] = 0
-        hdr["vox_offset"] = hdr.single_vox_offset + hdr.extensions.get_sizeondisk()
+        hdr["vox_offset"] = hdr.single_vox_offset + hdr.extensions.get_sizeondisk() + -(-raw // 16) * 16
         return hdr
 
+    def _tag_job(self, hdr) -> None:
+        """End ``descrip`` with ``job=<fingerprint>`` (read back by ``lucid.batch.provenance``)."""
+        job = (self.provenance or {}).get("job")
+        if not job:
+            return
+        tail = f" job={job}".encode()
+        text = re.sub(rb"\s*job=[0-9a-f]{16}", b"", bytes(hdr["descrip"].tobytes()).rstrip(b"\0")).rstrip()
+        hdr["descrip"] = text[: 79 - len(tail)] + tail
+
     def _copy_header(self, src, needs2: bool, pooling, like: Source):
+        self.raw_extensions = like.meta.extra.get("raw_extensions")
         if isinstance(src, nib.Nifti2Header) or not needs2:
             hdr = src.copy()
         else:
@@ -566,6 +690,14 @@ class NiftiSink(FileSink):
         hdr = (nib.Nifti2Header if needs2 else nib.Nifti1Header)()
         hdr.set_data_shape(self.nshape)
         m = pooling_matrix(pooling) if pooling is not None else np.eye(4)
+        src_col = [like.layout.pooled.index(a) for a in self.perm[:3]]
+        out = self._world_affine(like, pooling)
+        return self._fresh_geometry(hdr, like, pooling, out, m, src_col)
+
+    def _world_affine(self, like: Source, pooling):
+        """The output's voxel (NIfTI x, y, z) to world (mm) affine, or None when the input gives no geometry."""
+        meta = like.meta
+        m = pooling_matrix(pooling) if pooling is not None else np.eye(4)
         # column of the pooled-axes affine feeding NIfTI axis j
         src_col = [like.layout.pooled.index(a) for a in self.perm[:3]]
         out = None
@@ -586,6 +718,10 @@ class NiftiSink(FileSink):
             for j, a in enumerate(src_col):
                 out[j, j] = meta.spacing[a] * factor * m[a, a]
                 out[j, 3] = meta.spacing[a] * factor * m[a, 3]
+        return out
+
+    def _fresh_geometry(self, hdr, like: Source, pooling, out, m, src_col):
+        meta = like.meta
         zooms = [1.0] * len(self.nshape)
         if out is not None:
             hdr.set_sform(out, code=2)
@@ -602,6 +738,16 @@ class NiftiSink(FileSink):
             desc += f" k={','.join(map(str, pooling.kernel))} s={','.join(map(str, pooling.stride))}"
         hdr["descrip"] = desc[:79].encode()
         return hdr
+
+    def _appender(self):
+        """``write(bytes)`` at increasing offsets of the uncompressed output, from 0."""
+        pos = [0]
+
+        def write(data) -> None:
+            self._pwrite(data, pos[0])
+            pos[0] += len(data)
+
+        return write
 
     # -- data
     def _pwrite(self, data, offset: int) -> None:
@@ -648,7 +794,7 @@ class NiftiSink(FileSink):
         if data.size == 0:
             return
         nindex = tuple(index[a] for a in self.perm)
-        arr = np.asfortranarray(data.transpose(self.perm), dtype=self.dtype)
+        arr = np.asfortranarray(data.transpose(self.perm), dtype=self.file_dtype or self.dtype)
         try:
             for off, chunk in self._runs(nindex, arr):
                 self._put(off, chunk)
@@ -702,12 +848,15 @@ class NiftiSink(FileSink):
                         self._gzf.write(chunk)
                         pos += len(chunk)
                     self._close_spool()
+                self._gzf.write(self.footer)
                 self._gzf.close()
                 self._gzf = None
                 self._raw.close()
                 self._raw = None
             else:
                 os.ftruncate(self._fd, self.vox_offset + self.total)
+                if self.footer:
+                    self._pwrite(self.footer, self.vox_offset + self.total)
                 os.close(self._fd)
                 self._fd = None
         except BaseException as exc:
@@ -737,3 +886,22 @@ class NiftiSink(FileSink):
         self._close_spool()
         if hasattr(self, "target"):
             self.target.abort()
+        if getattr(self, "header_target", None) is not None:
+            self.header_target.abort()
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.header_target is not None:
+            self.header_target.sync()
+
+    def commit(self) -> None:
+        """The image file, then the header (which makes the pair visible to readers)."""
+        if self.header_target is None or self.header_target.committed:
+            return super().commit()
+        super().commit()
+        try:
+            self.header_target.commit()
+        except BaseException:
+            if not self.target.force:  # the .img was new (renamed without replacing): take it back
+                remove_quietly(self.target.dest)
+            raise

@@ -9,6 +9,7 @@ distinct message, named by the file it is about, for a report's warnings.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 
@@ -33,3 +34,18 @@ class collect:
 
     def lines(self, name: str) -> list[str]:
         return [f"{name}: {text}" for text in self.messages()]
+
+
+def into_report(func):
+    """Decorate a function returning a report (``.input``, ``.warnings``): every Python warning
+    raised during the call (numpy, nibabel, h5py, any thread) becomes one line of ``report.warnings``,
+    named by the input; nothing reaches stderr.  On an exception they are dropped with the report."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with collect() as seen:
+            report = func(*args, **kwargs)
+        report.warnings.extend(line for line in seen.lines(report.input) if line not in report.warnings)
+        return report
+
+    return wrapper

@@ -159,13 +159,15 @@ class ZarrSource(Source):
     """One array of a Zarr store (v2 or v3), read in slabs."""
 
     order = "C"
+    whole_chunks = True  # no chunk cache: the planner reads whole chunk rows when the budget allows
 
-    def __init__(self, path, array: str | None = None, *, axes: str | None = None, name: str | None = None):
+    def __init__(self, path, array: str | None = None, *, axes: str | None = None, name: str | None = None,
+                 level: int | None = None):
         shown = name or os.fspath(path)
         self.path = os.path.abspath(os.fspath(path))
         self.store = open_store(self.path, shown)
         try:
-            self._init(shown, array, axes)
+            self._init(shown, array, axes, level)
         except LucidIOError:
             self.close()
             raise
@@ -173,9 +175,16 @@ class ZarrSource(Source):
             self.close()
             raise LucidIOError(f"{getattr(self, 'name', shown)}: cannot read the array (damaged store?): {one_line(exc)}") from None
 
-    def _init(self, shown: str, array: str | None, axes: str | None) -> None:
+    def _init(self, shown: str, array: str | None, axes: str | None, level: int | None) -> None:
+        from lucid.io import ome, ome_zarr
+
         root = _open_root(self.store, shown)
-        arr, key = select_array(root, array, shown)
+        found = ome_zarr.find_level(root, array, level, shown)
+        image = None
+        if found is None:
+            arr, key = select_array(root, array, shown)
+        else:
+            arr, key, image, level = found
         self.array_path = key
         self.name = shown if key == "/" else f"{shown}:{key}"
         self._arr = arr
@@ -186,6 +195,9 @@ class ZarrSource(Source):
         check_shape(self.shape, self.name, self.dtype.itemsize)
         attrs = dict(arr.attrs)
         names = getattr(arr.metadata, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
+        if image is not None:
+            ome_zarr.check_dimension_names(arr, image, self.name)
+            names = [ome.layout_letters(image.axes)[i] for i in range(arr.ndim)]
         from_names = _axes_from_names(names, arr.ndim)
         if axes is None:
             axes = from_names
@@ -202,6 +214,12 @@ class ZarrSource(Source):
         self._slab_axis = min(pooled, key=lambda a: (min(self.chunks[a], self.shape[a]) / self.shape[a], a))
         self.chunk_rows = self.chunks[self._slab_axis]
         self.meta = self._read_meta(attrs, names)
+        if image is not None:
+            found = ome.source_meta(image, level, self.layout, attrs)
+            self.meta.spacing, self.meta.spacing_unit, self.meta.affine = (
+                found["spacing"], found["spacing_unit"], found["affine"])
+            self.meta.extra["ome"] = found["ome"]
+            self.meta.extra["lucid_affine"] = attrs.get("lucid_affine")
 
     @property
     def slab_axis(self) -> int:
@@ -234,7 +252,8 @@ class ZarrSource(Source):
         except Exception as exc:
             box = "[" + ", ".join(f"{s.start}:{s.stop}" for s in index) + "]"
             raise LucidIOError(f"{self.name}: cannot read box {box} (corrupt chunk?): {one_line(exc)}") from None
-        return np.array(out, dtype=self.dtype, order="C", copy=True)
+        # zarr-python returns a new array per read: copy only to fix the dtype, layout or a read-only buffer
+        return np.require(out, dtype=self.dtype, requirements=("C", "W", "O"))
 
     def close(self) -> None:
         store = getattr(self, "store", None)

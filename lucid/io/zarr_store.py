@@ -15,8 +15,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from lucid.io.atomic import (_LIVE, AtomicTarget, check_destination, is_no_space, no_space_error, protected_path,
-                             same_file)
+from lucid.io.atomic import _LIVE, AtomicTarget, check_destination, protected_path, same_file
 from lucid.io.base import LucidIOError
 
 STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")
@@ -74,30 +73,12 @@ class DirectoryTarget(AtomicTarget):
     def wrote(self, nbytes: int) -> None:  # durability is paid once, in sync()
         return
 
-    def sync(self) -> None:
-        if self.synced or self.committed:
-            return
-        if self.aborted:
-            raise LucidIOError(f"{self.display}: cannot commit an aborted output")
-        try:
-            for root, dirs, files in os.walk(self.tmp):
-                for entry in files + dirs:
-                    fd = os.open(os.path.join(root, entry), os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            fd = os.open(self.tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self.abort()
-            if is_no_space(exc):
-                raise no_space_error(self.display, exc) from None
-            raise LucidIOError(f"{self.display}: cannot flush the output to disk: {exc.strerror or exc}") from None
-        self.synced = True
+    def _to_sync(self):
+        linked = getattr(self, "linked", set())  # hard links to input files: as durable as the input
+        for root, dirs, files in os.walk(self.tmp):
+            for entry in (files if root not in linked else []) + dirs:
+                yield os.path.join(root, entry)
+        yield self.tmp
 
     def commit(self) -> None:
         if self.committed:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 import lucid
-from lucid.io import LucidIOError, detect_format, dirs, open_gradient, open_sink, open_source, sink_name, stored_shape
+from lucid.io import LucidIOError, detect_format, dirs, primary_file, open_gradient, open_sink, open_source, sink_name, stored_shape
 from lucid.io.atomic import check_destination, file_identity, human_bytes
 from lucid.io.base import Source, pooling_matrix
+from lucid.io.pywarnings import into_report
 from lucid.kernels.maxpool import MAX, MIN, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import engine, resources
@@ -86,11 +87,12 @@ def pool3d_file(input, output=None, kernel_size=2, stride=None, padding=0, *,
     ``threads`` above the usable CPUs is clamped to them and a ``memory_limit``
     above the machine's memory is kept, each with a line in ``report.warnings``.
     ``make_dirs`` creates missing output directories as ``mkdir -p`` does
-    (and removes them again if the run fails).
+    (and removes them again if the run fails).  ``level`` picks an OME-Zarr input's resolution level.
     """
     return run_job(PoolJob(input, output, kernel_size, stride, padding, **options), progress)
 
 
+@into_report
 def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport:
     """Run ``job``: open, plan, stream, commit (``PoolJob.run``)."""
     spec = pool_spec(job.input, job.kernel_size, job.stride, job.padding, job.dilation, job.ceil_mode,
@@ -105,7 +107,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
     seen: dict[str, Any] = {}
     for p in (job.output, job.grad_out, job.indices_out):
         if isinstance(p, (str, os.PathLike)):
-            identity = file_identity(detect_format(p)[1])
+            identity = file_identity(primary_file(p))  # a.hdr and a.img: one volume
             if identity in seen:
                 raise ValueError(f"{os.fspath(p)}: output, grad_out and indices_out must be different files "
                                  f"(same file as {os.fspath(seen[identity])})")
@@ -115,7 +117,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
     sinks: list = []
     created: list = []
     try:
-        source = open_source(job.input, dataset=job.dataset, axes=job.axes)
+        source = open_source(job.input, dataset=job.dataset, axes=job.axes, level=job.level)
         opened.append(source)
         check_dtype(source.dtype)
         out_dtype = np.dtype(job.out_dtype) if job.out_dtype is not None else source.dtype
@@ -139,6 +141,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
                 what=source.name,
                 reader_overhead=source.reader_overhead(),
                 cached_input=source.caches_slab,
+                whole_chunks=getattr(source, "whole_chunks", False),
             )
             _check_fits_machine(plan.slab_bytes, spec, source.name)  # a limit above the machine's memory lets it through
         except MemoryLimitError as exc:
@@ -159,6 +162,8 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
         report.warnings += machine_warnings
         protect = [_protected(g, f) for g in opened for f in g.files()]  # links, VDS sources: every file read
         report.warnings.extend(w for g in opened for w in g.warnings)
+        if source.meta.extra.get("ome"):
+            report.extra["ome_level"] = source.meta.extra["ome"]["level"]
         if job.dry_run:
             report.dry_run = True
             for target, ds in ((job.output, job.out_dataset), (job.grad_out, None), (job.indices_out, None)):
@@ -181,6 +186,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             "ceil_mode": spec.ceil_mode,
             "padding_mode": spec.padding_mode,
             "source": source.name,
+            "job": job.fingerprint(),  # lets a rerun (lucid batch) recognise this run's outputs
         }
         if job.make_dirs:
             created = dirs.make_dirs(detect_format(p)[1] for p in (job.output, job.grad_out, job.indices_out)
@@ -216,6 +222,7 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             stats = runner.run(out=out_sink, grad_out=grad_sink, indices_out=index_sink, progress=progress)
         for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
             src.check_complete()
+        report.warnings.extend(w for s in sinks for w in getattr(s, "warnings", ()))
         for sink in sinks:  # finish every output first: a full disk then leaves all destinations alone
             sink.prepare()
         for sink in sinks:

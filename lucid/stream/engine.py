@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from lucid.io.base import Sink, Source
+from lucid.io.base import LucidIOError, Sink, Source
 from lucid.kernels import maxpool, tiled
 from lucid.kernels.maxpool import MAX, Order, along
 from lucid.stream.plan import Plan, Slab
@@ -158,7 +158,7 @@ def run(
                 origin[plan.slab_r] = job.slab.in_rows[0]
                 emit(indices_out, out_key, maxpool.flat_indices(codes, plan.pooled, windows, mults, origin, sizes))
             if carry is not None:
-                grad = _gradient_like(values, job.grad, grad_dtype)
+                grad = _gradient_like(values, job.grad, grad_dtype, grad_in)
                 carry.add(job.outer, job.slab, grad, codes, windows, mults, threads, like=job.data)
             stats.slabs += 1
             if progress is not None:
@@ -239,18 +239,43 @@ def _cast(values: np.ndarray, dtype: np.dtype, sink: Sink) -> np.ndarray:
         info = np.iinfo(dtype)
         lo, hi = values.min(), values.max()
         if (values.dtype.kind == "f" and np.isnan(lo)) or lo < info.min or hi > info.max:
-            raise ValueError(f"{sink.name}: values from {lo} to {hi} do not fit the output dtype {dtype}")
-    return values.astype(dtype)
+            raise LucidIOError(f"{sink.name}: values from {lo} to {hi} do not fit the output dtype {dtype}")
+    try:
+        with np.errstate(over="raise"):  # a finite float too large for a narrower float: refused, not inf
+            return values.astype(dtype)
+    except FloatingPointError:
+        value = _first_overflow(values, dtype)
+        raise LucidIOError(f"{sink.name}: value {value:g} does not fit the output dtype {dtype} "
+                         f"(largest {float(np.finfo(dtype).max):g})") from None
 
 
-def _gradient_like(values: np.ndarray, grad: np.ndarray | None, dtype) -> np.ndarray:
-    """The upstream gradient in ``values``' memory layout (ones when none is given)."""
+def _gradient_like(values: np.ndarray, grad: np.ndarray | None, dtype, source: Source | None = None) -> np.ndarray:
+    """The upstream gradient in ``values``' memory layout (ones when none is given).
+
+    A finite upstream value too large for ``dtype`` (1e300 into float32) is
+    refused in one line naming the gradient file: cast, it would turn into inf
+    in the gradient map.  NaN and +-inf pass through as they are."""
     out = maxpool.empty_like_layout(values, values.shape, dtype)
     if grad is None:
         out[...] = 1
-    else:
-        np.copyto(out, grad, casting="unsafe")
+        return out
+    try:
+        with np.errstate(over="raise"):
+            np.copyto(out, grad, casting="unsafe")
+    except FloatingPointError:
+        value = _first_overflow(grad, out.dtype)
+        name = source.name if source is not None else "grad_in"
+        raise LucidIOError(f"{name}: upstream gradient value {value:g} does not fit the gradient map's dtype "
+                           f"{out.dtype} (largest {float(np.finfo(out.dtype).max):g})") from None
     return out
+
+
+def _first_overflow(values: np.ndarray, dtype) -> float:
+    """The first finite value of ``values`` beyond the range of the float ``dtype`` (row-major order)."""
+    flat = np.asarray(values).reshape(-1)
+    finite = flat[np.isfinite(flat)]  # a fresh boolean array: no out= (numpy 2.4's non-contiguous out= trap)
+    big = finite[np.abs(finite) > np.finfo(dtype).max]
+    return float(big[0]) if big.size else float("inf")
 
 
 def _padding_won(data, axes, windows, pad_value, order, values) -> bool:

@@ -7,6 +7,9 @@ the same job the same way.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +20,9 @@ if TYPE_CHECKING:
     from lucid.stream.engine import Progress
 
 DEFAULT_MEMORY_LIMIT = "512M"
-PerAxis = "int | tuple[int, int, int]"
+# what a job's outputs depend on, besides its input files (not where they go, nor memory or threads)
+_CONTENT_FIELDS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "padding_mode", "axes", "dataset",
+                   "level", "out_dtype", "grad_dtype", "compression", "zarr_format", "shards")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class PoolJob:
     # reading
     axes: str | None = None
     dataset: str | None = None
+    level: int | None = None  # an OME-Zarr input's resolution level (default 0)
     grad_in: str | None = None
     # writing
     out_dataset: str | None = None
@@ -71,6 +77,25 @@ class PoolJob:
     def with_files(self, input: str, output: str | None, **files: str | None) -> PoolJob:
         """The same pooling and options on other files (``grad_in=``, ``grad_out=``, ``indices_out=``)."""
         return replace(self, input=input, output=output, **files)
+
+    def fingerprint(self) -> str:
+        """A short hash of what decides the output's content: the input file as it is now (path, size,
+        mtime), the pooling and the output options.  Outputs carry it, so a rerun can tell whether an
+        existing output is this run's result (``lucid batch`` skips those)."""
+        from lucid.io import detect_format
+
+        def identity(path: str | None):
+            if path is None or not isinstance(path, (str, os.PathLike)):
+                return None if path is None else type(path).__name__  # an array: nothing on disk to compare
+            path = os.fspath(path)
+            file = detect_format(path)[1]
+            st = os.stat(file)
+            return [os.path.realpath(file), path[len(file):], st.st_size, st.st_mtime_ns]
+
+        what = {name: getattr(self, name) for name in _CONTENT_FIELDS}
+        what.update(input=identity(self.input), grad_in=identity(self.grad_in))
+        text = json.dumps(what, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -116,12 +116,15 @@ def plan_slabs(
     what: str = "the input",
     reader_overhead: int = 0,
     cached_input: bool = False,
+    whole_chunks: bool = False,
 ) -> Plan:
     """Choose the slab height that keeps the estimated buffers within ``memory_limit`` bytes.
 
     The reader's own memory counts too: ``reader_overhead`` bytes whatever the
     slab (decompression buffers, one compressed chunk), and with ``cached_input``
-    a chunk cache that holds one input slab (``Plan.cache_bytes``)."""
+    a chunk cache that holds one input slab (``Plan.cache_bytes``).  ``whole_chunks``: the
+    reader has no chunk cache (Zarr), so slabs of whole chunk rows are preferred to the
+    pipeline's 16 MiB when the budget holds them."""
     shape = tuple(int(n) for n in shape)
     pooled = tuple(pooled)
     if slab_axis not in pooled:
@@ -163,7 +166,10 @@ def plan_slabs(
 
     rows = _largest_fitting(estimate, w.size_out, memory_limit)
     per_row = max(1, w.stride * in_plane * in_itemsize)
-    rows = min(rows, max(1, PIPELINE_SLAB_BYTES // per_row))
+    cap = max(1, PIPELINE_SLAB_BYTES // per_row)
+    if whole_chunks and chunk_rows > 1 and rows * w.stride >= chunk_rows:  # a reader without a chunk cache
+        cap = max(cap, -(-chunk_rows // w.stride))  # decodes a chunk once per slab: read whole chunk rows
+    rows = min(rows, cap)
     if rows == 0:
         need = estimate(1)
         raise MemoryLimitError(
