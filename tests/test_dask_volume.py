@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -52,6 +54,19 @@ def write_input(path, a: np.ndarray, chunks=None) -> str:
 def lucid_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lucid_cli.main", *args], capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def lucid_running(*args: str):
+    """A ``lucid`` process in the background; killed on the way out if it still runs (a failed test)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lucid_cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +139,35 @@ def test_many_blocks_with_shards_and_a_min_pooling_slope(cluster, tmp_path):
     assert shards is not None
 
 
+def test_tasks_carry_paths_and_cut_points_only(cluster, tmp_path, monkeypatch):
+    """No h5py (or zarr) object in the graph: each task gets a small context and opens files by path."""
+    from lucid.dask import volume
+
+    seen = []
+    original = volume.Runner.context
+    monkeypatch.setattr(volume.Runner, "context", lambda self, sinks: seen.append(original(self, sinks)) or seen[-1])
+    a = np.random.default_rng(4).standard_normal((40, 36, 32)).astype(np.float32)
+    src = write_input(str(tmp_path / "in.h5"), a, (8, 8, 8))
+    got = pool3d_file(src, str(tmp_path / "out.h5"), grad_out=str(tmp_path / "g.zarr"), kernel_size=3, stride=2,
+                      padding=1, cluster=cluster, block_bytes="8K")
+    assert got.extra["dask"]["tasks"] > 20
+    (ctx,) = seen
+    data = pickle.dumps(ctx)
+    assert b"h5py" not in data and b"zarr.core" not in data and len(data) < 4000
+    assert ctx.job.input == src and ctx.values is None and ctx.gradient.store.startswith(str(tmp_path))
+    grad = zarr.open_array(str(tmp_path / "g.zarr"), mode="r")
+    for block in ctx.backward.blocks():  # every task writes whole chunks of the Zarr output
+        assert volume.whole_units(block.own_box, grad.chunks, grad.shape)
+
+
+def test_a_block_that_is_not_whole_chunks_is_refused():
+    from lucid.dask.volume import whole_units
+
+    assert whole_units((slice(0, 8), slice(8, 10)), (4, 4), (20, 10))
+    assert not whole_units((slice(0, 6), slice(0, 4)), (4, 4), (20, 10))
+    assert not whole_units((slice(2, 8), slice(0, 4)), (4, 4), (20, 10))
+
+
 def test_gzip_nifti_runs_on_this_machine_with_one_line(cluster, tmp_path):
     a = np.random.default_rng(6).random((12, 10, 8)).astype(np.float32)
     nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "in.nii.gz"))
@@ -138,12 +182,10 @@ def test_killed_worker_mid_run_still_gives_the_exact_output(dask_processes, tmp_
     write_input(str(tmp_path / "in.h5"), a, (16, 16, 16))
     args = [str(tmp_path / "in.h5"), str(tmp_path / "out.zarr"), "-k", "3", "-s", "2", "-p", "1",
             "--grad-out", str(tmp_path / "grad.h5"), "--block-size", "16K", "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "lucid_cli.main", "pool3d", *args,
-                             "--scheduler-file", dask_processes.scheduler_file],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_markers(tmp_path, 30, proc)
-    dask_processes.kill(dask_processes.workers[0])
-    _, err = proc.communicate(timeout=120)
+    with lucid_running("pool3d", *args, "--scheduler-file", dask_processes.scheduler_file) as proc:
+        wait_for_markers(tmp_path, 30, proc)
+        dask_processes.kill(dask_processes.workers[0])
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     ref = lucid_cli("pool3d", str(tmp_path / "in.h5"), str(tmp_path / "ref.zarr"), "-k", "3", "-s", "2", "-p", "1",
                     "--grad-out", str(tmp_path / "refg.zarr"), "-q")
@@ -171,12 +213,10 @@ def test_stopped_scheduler_is_one_error_then_resume_completes(dask_processes, tm
     write_input(str(tmp_path / "in.h5"), a, (32, 32, 32))
     common = [str(tmp_path / "in.h5"), str(tmp_path / "out.zarr"), "-k", "3", "-s", "2", "-p", "1", "--grad-out",
               str(tmp_path / "grad.h5"), "--block-size", "16K", "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "lucid_cli.main", "pool3d", *common,
-                             "--scheduler-file", dask_processes.scheduler_file],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_markers(tmp_path, 30, proc)
-    dask_processes.kill(dask_processes.scheduler)
-    _, err = proc.communicate(timeout=120)
+    with lucid_running("pool3d", *common, "--scheduler-file", dask_processes.scheduler_file) as proc:
+        wait_for_markers(tmp_path, 30, proc)
+        dask_processes.kill(dask_processes.scheduler)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "--resume" in lines[0], err

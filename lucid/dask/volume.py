@@ -134,9 +134,20 @@ def _write(staged: Staged, box, data: np.ndarray) -> None:
 
     try:
         arr = zarr.open_array(store=staged.store, path=staged.array or None, mode="r+")
-        arr[box] = np.ascontiguousarray(data, dtype=staged.dtype)
     except Exception as exc:  # an OSError here is the disk's, not the cluster's
+        raise LucidIOError(f"{staged.name}: cannot open {staged.store}: {one_line(exc)}") from None
+    unit = arr.shards or arr.chunks
+    if not whole_units(box, unit, arr.shape):  # two writers of one chunk or shard: the last one wins
+        raise AssertionError(f"{staged.name}: block {box} is not whole chunks/shards of {unit}")
+    try:
+        arr[box] = np.ascontiguousarray(data, dtype=staged.dtype)
+    except Exception as exc:
         raise LucidIOError(f"{staged.name}: cannot write a block into {staged.store}: {one_line(exc)}") from None
+
+
+def whole_units(box, unit, shape) -> bool:
+    """Does ``box`` cover whole ``unit``-sized pieces (chunks or shards) of an array of ``shape``?"""
+    return all(s.start % u == 0 and (s.stop % u == 0 or s.stop == n) for s, u, n in zip(box, unit, shape))
 
 
 def _done(marker: str) -> None:
@@ -151,7 +162,7 @@ def _result(kind: str, index, read: int, won: bool = False, skipped: bool = Fals
             "pid": os.getpid(), "peak_mib": peak_memory_mib(), "arrays": arrays or {}}
 
 
-def _put(ctx: Context, kind: str, staged: Staged | None, box, data: np.ndarray, arrays: dict) -> None:
+def _put(kind: str, staged: Staged | None, box, data: np.ndarray, arrays: dict) -> None:
     """Write a block into its Zarr output, or hand it back for the client to write."""
     if staged is not None:
         _write(staged, box, data)
@@ -159,11 +170,20 @@ def _put(ctx: Context, kind: str, staged: Staged | None, box, data: np.ndarray, 
         arrays[kind] = data
 
 
-def forward_task(index: tuple[int, ...], ctx: Context) -> dict:
+def block_task(kind: str, index: tuple[int, ...], ctx: Context) -> dict:
+    """One block ("f": forward, "b": backward), unless a marker says an earlier run did it."""
+    marker = _marker(ctx, kind, index)
+    resumable = kind in ctx.mark
+    if resumable and os.path.exists(marker):
+        return _result(kind, index, 0, skipped=True)
+    read, won, arrays = (_forward if kind == "f" else _backward)(ctx, index)
+    if resumable:
+        _done(marker)  # after every write of the block
+    return _result(kind, index, read, won, arrays=arrays)
+
+
+def _forward(ctx: Context, index) -> tuple[int, bool, dict]:
     """Pool one output block: values and (if asked) flat indices."""
-    marker = _marker(ctx, "f", index)
-    if "f" in ctx.mark and os.path.exists(marker):
-        return _result("f", index, 0, skipped=True)
     plan = ctx.forward
     block = plan.block(index)
     with _open_input(ctx.job) as source:
@@ -178,22 +198,17 @@ def forward_task(index: tuple[int, ...], ctx: Context) -> dict:
     arrays: dict[str, np.ndarray] = {}
     if "output" in ctx.want:
         named = types.SimpleNamespace(name=ctx.values.name if ctx.values else ctx.job.output)
-        _put(ctx, "output", ctx.values, block.own_box, engine._cast(values, np.dtype(ctx.out_dtype), named), arrays)
+        _put("output", ctx.values, block.own_box, engine._cast(values, np.dtype(ctx.out_dtype), named), arrays)
     if "indices" in ctx.want:
         origin = [block.axes[a].reads[0] for a in block.pooled]
         sizes = [plan.in_shape[a] for a in block.pooled]
         flat = maxpool.flat_indices(codes, block.pooled, block.windows, ctx.mults, origin, sizes)
-        _put(ctx, "indices", ctx.indices, block.own_box, flat, arrays)
-    if "f" in ctx.mark:
-        _done(marker)
-    return _result("f", index, data.nbytes, won, arrays=arrays)
+        _put("indices", ctx.indices, block.own_box, flat, arrays)
+    return data.nbytes, bool(won), arrays
 
 
-def backward_task(index: tuple[int, ...], ctx: Context) -> dict:
+def _backward(ctx: Context, index) -> tuple[int, bool, dict]:
     """The gradient of one input block, from every window touching it (owner computes)."""
-    marker = _marker(ctx, "b", index)
-    if "b" in ctx.mark and os.path.exists(marker):
-        return _result("b", index, 0, skipped=True)
     plan = ctx.backward
     block = plan.block(index)
     read = 0
@@ -213,10 +228,8 @@ def backward_task(index: tuple[int, ...], ctx: Context) -> dict:
         grad = compute.backward_gradient(data, upstream, block, ctx.mults, plan.priority[0], ctx.pad_value,
                                          ctx.grad_dtype, MIN if ctx.minimum else MAX)
     arrays: dict[str, np.ndarray] = {}
-    _put(ctx, "gradient", ctx.gradient, block.own_box, grad, arrays)
-    if "b" in ctx.mark:
-        _done(marker)
-    return _result("b", index, read, arrays=arrays)
+    _put("gradient", ctx.gradient, block.own_box, grad, arrays)
+    return read, False, arrays
 
 
 # -- planning (in this process) ---------------------------------------------------------------------------
@@ -300,6 +313,16 @@ class Runner:
             return None  # this process writes it
         return Staged(sink.store_path, sink.array_path or None, str(sink.dtype), sink.name)
 
+    def context(self, sinks: dict) -> Context:
+        """What every task gets, for these open sinks (by kind; None where not asked for)."""
+        staged = {k: self._staged(k, s) for k, s in sinks.items() if s is not None}
+        mark = frozenset(t for t, kinds in (("f", ("output", "indices")), ("b", ("gradient",)))
+                         if all(staged.get(k) is not None for k in kinds if sinks.get(k) is not None))
+        return Context(self.job, self.forward, self.backward,
+                       maxpool.code_mults(self.plan.windows, self.plan.priority), self.pad_value, self.minimum,
+                       str(self.out_dtype), str(np.dtype(self.job.grad_dtype)), staged.get("output"),
+                       staged.get("indices"), staged.get("gradient"), frozenset(staged), self.done_dir, mark)
+
     def run(self, *, out=None, grad_out=None, indices_out=None, progress=None) -> EngineStats:
         """Every block on the cluster; returned blocks go into their sinks here (nothing is committed)."""
         from lucid.dask.cluster import connect
@@ -307,20 +330,13 @@ class Runner:
         start = time.perf_counter()
         sinks = {"output": out, "gradient": grad_out, "indices": indices_out}
         self._sinks = [(k, s) for k, s in sinks.items() if s is not None]
-        staged = {k: self._staged(k, s) for k, s in self._sinks}
-        mark = frozenset(t for t, kinds in (("f", ("output", "indices")), ("b", ("gradient",)))
-                         if all(staged.get(k) is not None for k in kinds if sinks[k] is not None))
-        ctx = Context(self.job, self.forward, self.backward,
-                      maxpool.code_mults(self.plan.windows, self.plan.priority), self.pad_value, self.minimum,
-                      str(self.out_dtype), str(np.dtype(self.job.grad_dtype)), staged.get("output"),
-                      staged.get("indices"), staged.get("gradient"), frozenset(k for k, _ in self._sinks),
-                      self.done_dir, mark)
+        ctx = self.context(sinks)
         tasks = []
         if self.forward is not None and (out is not None or indices_out is not None):
-            tasks += [(forward_task, "f", i) for i in self.forward.indices()]
+            tasks += [("f", i) for i in self.forward.indices()]
         if self.backward is not None and grad_out is not None:
-            tasks += [(backward_task, "b", i) for i in self.backward.indices()]
-        todo = [t for t in tasks if not (t[1] in mark and os.path.exists(_marker(ctx, t[1], t[2])))]
+            tasks += [("b", i) for i in self.backward.indices()]
+        todo = [t for t in tasks if not (t[0] in ctx.mark and os.path.exists(_marker(ctx, *t)))]
         stats = EngineStats()
         peaks: dict[int, float] = {}
         done = len(tasks) - len(todo)
@@ -337,9 +353,9 @@ class Runner:
                 def submit_next() -> None:
                     item = next(pending, None)
                     if item is not None:
-                        fn, kind, index = item
+                        kind, index = item
                         key = f"lucid-{kind}-{self.key}-" + "-".join(map(str, index))
-                        running.add(client.submit(fn, index, ctx, key=key, retries=1, pure=False))
+                        running.add(client.submit(block_task, kind, index, ctx, key=key, retries=1, pure=False))
 
                 for _ in range(4 * workers):  # a few blocks per worker in flight: results never pile up
                     submit_next()
