@@ -6,9 +6,9 @@ volume and a 2 GiB float32 Zarr volume, then times k=3 s=2 p=1
   forward+bwd    values and the gradient map (ones upstream)
 for the single-machine streaming engine and for ``--workers 2`` (a local
 cluster of 2 worker processes, its start-up included), each a fresh
-``lucid pool3d`` process.  HDF5 inputs write HDF5 outputs (blocks staged in
-Zarr, then copied by one writer), Zarr inputs write Zarr outputs (written
-in place by the tasks).  Prints wall times (median of ``--repeat``), the
+``lucid pool3d`` process.  HDF5 inputs write HDF5 outputs (the tasks return
+their blocks and the ``lucid`` process is the one writer), Zarr inputs write
+Zarr outputs (written in place by the tasks, whole chunks each).  Prints wall times (median of ``--repeat``), the
 ratio, task counts and the per-worker peak memory the run reports.
 
 Run:  python benchmarks/bench_dask.py [--dir DIR] [--repeat 1] [--shape 512,1024,1024] [--json out.json]

@@ -17,6 +17,11 @@ def _dask_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "distributed.cli.dask_spec"]
 
 
+# A gather racing a SIGKILLed worker retries connecting to it for timeouts.connect (30 s by default)
+# before the task is recomputed; on loopback 5 s is plenty for a live process.
+DASK_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False", "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+
+
 class DaskProcesses:
     """A ``dask scheduler`` and ``dask worker`` processes started as subprocesses (kill them at will)."""
 
@@ -49,7 +54,7 @@ class DaskProcesses:
         log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")
         self._logs.append(log)
         proc = subprocess.Popen([*_dask_command(), *args], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"})
+                                start_new_session=True, env={**os.environ, **DASK_ENV})
         self.procs.append(proc)
         return proc
 
