@@ -246,13 +246,15 @@ def _check_spec(input: str, kernel, stride, padding, dilation, ceil_mode: bool, 
 @click.option("--debug", is_flag=True, help="Show the Python traceback of errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """3-D max pooling of NIfTI and HDF5 volumes and videos larger than memory.
+    """3-D max pooling of NIfTI, HDF5 and Zarr volumes and videos larger than memory.
 
     \b
     Examples:
       lucid info sample_data/ct_phantom.nii.gz
       lucid pool3d sample_data/ct_phantom.nii.gz ct_pooled.nii.gz -k 2
       lucid pool3d sample_data/video_clip.h5 clip_pooled.h5 -k 2x2x2 --dry-run
+      lucid pyramid stack.h5 stack.ome.zarr --levels 5
+      lucid batch pool3d 'scans/*.nii.gz' --out-dir pooled/ -k 2
       lucid clean pooled/        # temporary files of killed runs
 
     \b
