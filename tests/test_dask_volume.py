@@ -160,6 +160,27 @@ def test_tasks_carry_paths_and_cut_points_only(cluster, tmp_path, monkeypatch):
         assert volume.whole_units(block.own_box, grad.chunks, grad.shape)
 
 
+def test_a_run_that_never_starts_leaves_nothing(cluster, tmp_path):
+    import socket
+
+    from lucid.dask.cluster import ClusterError
+    from lucid.io import LucidIOError
+
+    a = np.random.default_rng(3).standard_normal((20, 20, 20)).astype(np.float32)
+    src = write_input(str(tmp_path / "in.h5"), a)
+    (tmp_path / "taken.zarr").mkdir()
+    with pytest.raises(LucidIOError, match="output exists"):
+        pool3d_file(src, str(tmp_path / "taken.zarr"), kernel_size=2, cluster=cluster, block_bytes="4K")
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nobody = ClusterSpec(scheduler=f"tcp://127.0.0.1:{port}", timeout=1)
+    with pytest.raises(ClusterError, match="cannot reach the scheduler"):
+        pool3d_file(src, str(tmp_path / "out.zarr"), grad_out=str(tmp_path / "g.zarr"), kernel_size=2,
+                    cluster=nobody, block_bytes="4K")
+    assert sorted(os.listdir(tmp_path)) == ["in.h5", "taken.zarr"]
+
+
 def test_a_block_that_is_not_whole_chunks_is_refused():
     from lucid.dask.volume import whole_units
 

@@ -34,6 +34,7 @@ class ClusterSpec:
     scheduler_file: str | None = None
     workers: int | None = None
     memory_limit: int | str | None = None  # per local worker process; dask's default ("auto") when None
+    timeout: float = 30  # seconds to reach the scheduler (or start the local cluster)
 
     def __post_init__(self) -> None:
         given = [n for n, v in (("scheduler", self.scheduler), ("scheduler_file", self.scheduler_file),
@@ -64,9 +65,10 @@ class ClusterSpec:
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec, timeout: float = 30) -> Iterator[Any]:
+def connect(spec: ClusterSpec, timeout: float | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``spec``; a local cluster is started here and stopped on exit."""
     distributed = import_distributed()
+    timeout = spec.timeout if timeout is None else timeout
     cluster = None
     try:
         if spec.workers is not None:

@@ -306,7 +306,6 @@ class Runner:
         if not self.job.resume:
             for path in paths:
                 shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(self.done_dir, exist_ok=True)
 
     def _staged(self, kind: str, sink) -> Staged | None:
         if not self._is_zarr(kind):
@@ -341,10 +340,13 @@ class Runner:
         peaks: dict[int, float] = {}
         done = len(tasks) - len(todo)
         self.summary.update(tasks=len(tasks), resumed_blocks=done, cluster=self.cluster.describe())
+        connected = False
         try:
             with connect(self.cluster) as client:
                 from distributed import as_completed
 
+                connected = True
+                os.makedirs(self.done_dir, exist_ok=True)  # only now: a run that never started leaves nothing
                 workers = max(1, len(client.scheduler_info().get("workers", {})))
                 self.summary["workers"] = workers
                 pending = iter(todo)
@@ -371,6 +373,10 @@ class Runner:
                     if progress is not None:
                         progress(done, len(tasks), stats.bytes_read)
         except BaseException as exc:
+            if not connected:  # nothing ran: the error as it is; a resumed run's earlier blocks stay
+                if self.job.resume:
+                    self._keep()
+                raise
             if _cluster_lost(exc):
                 self._keep()
                 raise ClusterError(
