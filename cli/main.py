@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 import lucid
-from lucid.dask.cluster import ClusterError  # imports no dask: that waits until a cluster is asked for
+from lucid.dask.cluster import ClusterError, ClusterSpec  # imports no dask: that waits until a cluster is asked for
 from lucid.inspect import describe, jsonable
 from lucid.io import LucidIOError, detect_format, primary_file
 from lucid.io.atomic import check_destination, file_identity
@@ -246,13 +246,15 @@ def _check_spec(input: str, kernel, stride, padding, dilation, ceil_mode: bool, 
 @click.option("--debug", is_flag=True, help="Show the Python traceback of errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """3-D max pooling of NIfTI and HDF5 volumes and videos larger than memory.
+    """3-D max pooling of NIfTI, HDF5 and Zarr volumes and videos larger than memory.
 
     \b
     Examples:
       lucid info sample_data/ct_phantom.nii.gz
       lucid pool3d sample_data/ct_phantom.nii.gz ct_pooled.nii.gz -k 2
       lucid pool3d sample_data/video_clip.h5 clip_pooled.h5 -k 2x2x2 --dry-run
+      lucid pyramid stack.h5 stack.ome.zarr --levels 5
+      lucid batch pool3d 'scans/*.nii.gz' --out-dir pooled/ -k 2
       lucid clean pooled/        # temporary files of killed runs
 
     \b
@@ -281,6 +283,8 @@ Examples:
   lucid pool3d clip.h5:/frames clip_pooled.h5 -k 2x2x2 --compression lzf
   # backward pass with an upstream gradient on the output grid
   lucid pool3d vol.h5 out.h5 -k 2 --grad-in up.h5:/grad --grad-out grad.h5
+  # a huge volume, one dask task per block on 2 local workers (or --scheduler tcp://host:8786)
+  lucid pool3d em.zarr em_pooled.zarr -k 3 -s 2 -p 1 --workers 2
   # plan only: shapes, geometry, slabs and memory, as JSON
   lucid pool3d big.h5 small.h5 -k 3 -s 2 -p 1 --memory-limit 256M --dry-run --json
 """
@@ -305,15 +309,27 @@ Examples:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (warnings and errors still show).")
 @click.option("--preview", metavar="PNG", callback=png_path,
               help="After the run, draw input, output and gradient map side by side (needs the [preview] extra).")
+@opt.cluster_options
+@click.option("--resume", is_flag=True,
+              help="On a dask cluster: continue a run whose scheduler or client died, skipping the blocks done.")
+@click.option("--block-size", "block_bytes", metavar="SIZE", callback=opt.block_size,
+              help="On a dask cluster: input bytes per task [default: 128M; each task within --memory-limit].")
 @click.pass_context
 def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding, dilation, ceil_mode: bool,
            padding_mode: str, axes: str | None, dataset: str | None, level: int | None, out_dataset: str | None,
            compression: str,
            zarr_format: str | None, shards, out_dtype: str | None, grad_out: str | None, grad_in: str | None,
            indices_out: str | None, memory_limit: int, threads: int | None, force: bool, make_dirs: bool,
-           dry_run: bool, as_json: bool, quiet: bool, preview: str | None) -> None:
+           dry_run: bool, as_json: bool, quiet: bool, preview: str | None, scheduler: str | None,
+           scheduler_file: str | None, workers: int | None, resume: bool, block_bytes: int | None) -> None:
     if grad_in is not None and grad_out is None:
         raise click.UsageError("--grad-in needs --grad-out: the upstream gradient is only used for a gradient map")
+    cluster = ClusterSpec.from_options(scheduler, scheduler_file, workers)
+    if (resume or block_bytes is not None) and cluster is None:
+        raise click.UsageError(f"{'--resume' if resume else '--block-size'} needs a dask cluster: "
+                               "--workers N, --scheduler ADDRESS or --scheduler-file FILE")
+    if cluster is not None:
+        _quiet_dask()
     _check_dataset(input, dataset, "--dataset")
     _check_dataset(output, out_dataset, "--out-dataset")
     _check_spec(input, kernel, stride, padding, dilation, ceil_mode, padding_mode, dataset, axes)
@@ -332,6 +348,8 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
             level=level, grad_in=grad_in, out_dataset=out_dataset, grad_out=grad_out, indices_out=indices_out, out_dtype=out_dtype,
             compression=compression, zarr_format=int(zarr_format) if zarr_format else None, shards=shards,
             force=force, make_dirs=make_dirs, memory_limit=memory_limit, threads=threads, dry_run=dry_run,
+            cluster=cluster, resume=resume,
+            block_bytes=block_bytes,
         )
         result = job.run(STOP.guard(progress))
     warnings = list(result.warnings)  # a dry run lists outputs that exist
@@ -359,6 +377,20 @@ def pool3d(ctx: click.Context, input: str, output: str, kernel, stride, padding,
         _echo_lines(report.plan_lines(data) + ["dry run: nothing written"], err=False)
     elif not quiet:
         _echo_lines(report.summary_lines(data), err=True)
+
+
+def _quiet_dask() -> None:
+    """dask's own log lines (here and in local workers) would bury the one ``Error:`` line."""
+    import logging
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # local workers inherit it
+    try:
+        import distributed  # noqa: F401  (its import sets its loggers' levels: set ours after it)
+    except ImportError:
+        return  # the run says which extra to install
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _machine_warnings(threads: int | None, memory_limit: int) -> list[str]:

@@ -84,6 +84,16 @@ def memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -
     return size
 
 
+def block_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Input bytes per dask task: a size like 128M (no 1M floor: small volumes may want many blocks)."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("memory limit", "block size")) from None
+
+
 def dtype_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A numpy integer or float dtype name such as ``float32`` or ``uint8``."""
     if value is None:

@@ -123,6 +123,13 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     if r["spacing_in"] is not None:
         out.append(f"  voxel size {sizes(r['spacing_in'], r['spacing_unit'])} -> "
                    f"{sizes(r['spacing_out'], r['spacing_unit'])}")
+    run = r.get("extra", {}).get("dask")
+    if run:
+        peaks = run.get("worker_peak_mib") or {}
+        top = f", worker peak memory {max(peaks.values()):.0f} MiB" if peaks else ""
+        out.append(f"  on a dask {run['cluster']}: {run['tasks']} tasks ({run['resumed_blocks']} done before); "
+                   f"{r['seconds']:.2f} s{top} (limit {human_bytes(r['memory_limit'])} per task)")
+        return out
     out.append(f"  {_slabs(r)}; {r['seconds']:.2f} s, peak memory {r['peak_memory_mib']:.0f} MiB "
                f"(estimate {human_bytes(r['memory_estimate'])}, limit {human_bytes(r['memory_limit'])})")
     return out

@@ -17,6 +17,11 @@ def _dask_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "distributed.cli.dask_spec"]
 
 
+# A gather racing a SIGKILLed worker retries connecting to it for timeouts.connect (30 s by default)
+# before the task is recomputed; on loopback 5 s is plenty for a live process.
+DASK_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False", "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+
+
 class DaskProcesses:
     """A ``dask scheduler`` and ``dask worker`` processes started as subprocesses (kill them at will)."""
 
@@ -26,12 +31,17 @@ class DaskProcesses:
         self.memory_limit = memory_limit
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
-        self.scheduler = self._start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                      "--scheduler-file", self.scheduler_file], "scheduler")
-        self._wait(lambda: os.path.exists(self.scheduler_file), "scheduler file")
-        for i in range(workers):
-            self.add_worker()
-        self.wait_for_workers(workers)
+        self._logs: list = []
+        try:
+            self.scheduler = self._start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                          "--scheduler-file", self.scheduler_file], "scheduler")
+            self._wait(lambda: os.path.exists(self.scheduler_file), "scheduler file")
+            for i in range(workers):
+                self.add_worker()
+            self.wait_for_workers(workers)
+        except BaseException:  # what started, stops
+            self.stop()
+            raise
 
     @property
     def address(self) -> str:
@@ -42,8 +52,9 @@ class DaskProcesses:
 
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")
+        self._logs.append(log)
         proc = subprocess.Popen([*_dask_command(), *args], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"})
+                                start_new_session=True, env={**os.environ, **DASK_ENV})
         self.procs.append(proc)
         return proc
 
@@ -83,6 +94,8 @@ class DaskProcesses:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        for log in self._logs:
+            log.close()
 
 
 @pytest.fixture

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +25,7 @@ from nibabel.testing import data_path
 from lucid.inspect import describe
 from lucid.io import LucidIOError, open_source
 from lucid.io.base import pooling_matrix
+from lucid.io.tempfiles import clean_stale
 from lucid.kernels.windows import PoolSpec
 from lucid.stream.api import pool3d_file
 from lucid_cli.main import main
@@ -231,3 +235,45 @@ def test_dry_run_of_a_pair_output_speaks_nifti_not_hdf5(tmp_path):
     assert result.exit_code == 0, result.output
     assert "scl_slope 1715.04" in result.output and "element_size_um" not in result.output
     assert not (tmp_path / "o.hdr").exists() and not (tmp_path / "o.img").exists()
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+from lucid.stream.api import pool3d_file
+real = os.replace
+def replace(src, dst, *a, **k):
+    real(src, dst, *a, **k)
+    if os.fspath(dst).endswith(".img"):  # the image is in place, its header not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+pool3d_file(sys.argv[1], sys.argv[2], 2, force=True)
+"""
+
+
+def test_a_pair_replaced_with_force_is_never_the_new_image_under_the_old_header(tmp_path):
+    src = tmp_path / "in.nii"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)), src)
+    out = tmp_path / "o.img"
+    pool3d_file(str(src), str(out), 1)  # an older 8^3 output the run replaces with a 4^3 one
+    old_header = (tmp_path / "o.hdr").read_bytes()
+    done = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(src), str(out)], capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    # killed between the two renames: the new image is in place, and no header pairs it with
+    # the old one's shape (a reader would see a wrong 8^3 volume in 4^3 bytes)
+    assert out.stat().st_size == 4 ** 3 * 2
+    assert not (tmp_path / "o.hdr").exists()
+    temps = [p for p in tmp_path.iterdir() if p.name.startswith(".o.hdr")]  # the new header's, the old one aside
+    assert old_header in [p.read_bytes() for p in temps]
+    clean_stale(tmp_path)  # what `lucid clean` does: the killed run's files go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii", "o.img"]
+    pool3d_file(str(src), str(out), 2, force=True)  # a rerun makes the pair whole
+    assert nib.load(str(out)).shape == (4, 4, 4)
+
+
+def test_a_pair_replaced_with_force_leaves_no_temporary_file(tmp_path):
+    src = tmp_path / "in.nii"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)), src)
+    pool3d_file(str(src), str(tmp_path / "o.img"), 1)
+    pool3d_file(str(src), str(tmp_path / "o.hdr"), 2, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii", "o.hdr", "o.img"]
+    assert nib.load(str(tmp_path / "o.hdr")).shape == (4, 4, 4)

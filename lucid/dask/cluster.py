@@ -34,6 +34,7 @@ class ClusterSpec:
     scheduler_file: str | None = None
     workers: int | None = None
     memory_limit: int | str | None = None  # per local worker process; dask's default ("auto") when None
+    timeout: float = 30  # seconds to reach the scheduler (or start the local cluster)
 
     def __post_init__(self) -> None:
         given = [n for n, v in (("scheduler", self.scheduler), ("scheduler_file", self.scheduler_file),
@@ -64,15 +65,16 @@ class ClusterSpec:
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec, timeout: float = 30) -> Iterator[Any]:
+def connect(spec: ClusterSpec, timeout: float | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``spec``; a local cluster is started here and stopped on exit."""
     distributed = import_distributed()
+    timeout = spec.timeout if timeout is None else timeout
     cluster = None
     try:
         if spec.workers is not None:
             cluster = distributed.LocalCluster(
                 n_workers=spec.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, worker_dashboard_address=None, scheduler_port=0,
+                dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0", scheduler_port=0,
                 memory_limit=spec.memory_limit if spec.memory_limit is not None else "auto",
             )
             client = distributed.Client(cluster, timeout=timeout)

@@ -237,6 +237,8 @@ def open_sink(
     protect=(),
     zarr_format: int | None = None,
     shards=None,
+    chunks=None,
+    staging=None,
 ) -> Sink:
     """Open an output volume shaped like ``like`` (same axis order), format by ``path``'s suffix.
 
@@ -248,6 +250,8 @@ def open_sink(
     ``like.slab_axis`` per write (HDF5 and Zarr chunks divide it).  ``zarr_format``
     (2 or 3, default 3) and ``shards`` apply to ``.zarr`` outputs.  ``scale`` overrides the
     NIfTI scl_slope/scl_inter (default: the input's for kind="output", none else).
+    Zarr only: ``chunks`` (explicit chunk shape) and ``staging`` (a fixed temporary
+    directory that a resumed run reopens, see :class:`lucid.io.zarr.ZarrSink`).
     """
     if kind not in SINK_KINDS:
         raise ValueError(f"kind must be one of {SINK_KINDS}, got {kind!r}")
@@ -279,7 +283,7 @@ def open_sink(
                 raise LucidIOError(f"{file}: an OME-Zarr output holds the image at its root; name no array in it")
             return OmeZarrSink(file, shape, dtype, shards=shards, zarr_format=zarr_format, **common)
         return ZarrSink(file, shape, dtype, array=dataset if dataset is not None else ds, scale=scale,
-                        zarr_format=zarr_format, shards=shards, **common)
+                        zarr_format=zarr_format, shards=shards, chunks=chunks, staging=staging, **common)
     from lucid.io.hdf5 import HDF5Sink
 
     return HDF5Sink(file, shape, dtype, dataset=dataset if dataset is not None else ds, scale=scale, **common)

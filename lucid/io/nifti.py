@@ -895,13 +895,36 @@ class NiftiSink(FileSink):
             self.header_target.sync()
 
     def commit(self) -> None:
-        """The image file, then the header (which makes the pair visible to readers)."""
+        """The image file, then the header (which makes the pair visible to readers).
+
+        Two renames cannot be one atomic step.  Replacing a pair (``--force``),
+        the old header is moved aside first: a run killed between the renames
+        leaves a new ``.img`` with no header (which no reader opens), never the
+        new image under the old header, which every reader would open as a
+        wrong volume."""
         if self.header_target is None or self.header_target.committed:
             return super().commit()
-        super().commit()
+        aside = self._header_aside() if self.target.force else None
+        try:
+            super().commit()
+        except BaseException:
+            aside is not None and os.replace(aside, self.header_target.dest)  # the old pair, whole again
+            raise
         try:
             self.header_target.commit()
         except BaseException:
             if not self.target.force:  # the .img was new (renamed without replacing): take it back
                 remove_quietly(self.target.dest)
             raise
+        finally:
+            remove_quietly(aside)
+
+    def _header_aside(self) -> str | None:
+        """Move an existing header out of the pair, under a temporary name ``lucid clean`` knows."""
+        dest = self.header_target.dest
+        if not os.path.lexists(dest):
+            return None
+        aside, fd = make_temp_path(dest.parent, dest.name)
+        os.close(fd)
+        os.replace(dest, aside)
+        return os.fspath(aside)

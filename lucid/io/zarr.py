@@ -330,7 +330,7 @@ class ZarrSink(FileSink):
                  array: str | None = None, compression: str = "gzip", force: bool = False,
                  slab_rows: int | None = None, provenance: dict | None = None, protect=(),
                  zarr_format: int | None = None, shards=None, chunks=None, name: str | None = None,
-                 scale=None):
+                 scale=None, staging=None):
         from lucid.io.hdf5 import choose_chunks, provenance_attrs
 
         zarr = _zarr()
@@ -354,11 +354,13 @@ class ZarrSink(FileSink):
             raise LucidIOError(f"{self.name}: {exc}") from None
         if self.shards and self.zarr_format == 2:
             raise LucidIOError(f"{self.name}: sharding needs Zarr format 3")
-        self.target = DirectoryTarget(path, force=force, protect=[like.path, *protect])
+        self.target = DirectoryTarget(path, force=force, protect=[like.path, *protect], fixed_tmp=staging)
         self.path = os.fspath(self.target.dest)
         self.written = 0
         try:
             store = zarr.storage.LocalStore(os.fspath(self.target.tmp))
+            if staging is not None and self._reopen(store):  # a resumed run: the blocks written stay
+                return
             attrs = self._attributes(like, pooling, kind, provenance_attrs(like, pooling, kind, provenance))
             kwargs = dict(shape=self.shape, dtype=self.dtype, chunks=self.chunks, zarr_format=self.zarr_format,
                           compressors=compressor, attributes=attrs, fill_value=0)
@@ -382,6 +384,27 @@ class ZarrSink(FileSink):
                     raise no_space_error(self.name, exc) from None
                 raise LucidIOError(f"{self.name}: cannot create the output: {one_line(exc)}") from None
             raise
+
+    def _reopen(self, store) -> bool:
+        """Open the array a cut-off run left in the staging store, if it is this one."""
+        zarr = _zarr()
+        try:
+            arr = zarr.open_array(store=store, path=self.array_path or None, mode="r+")
+        except Exception:
+            return False
+        if tuple(arr.shape) != self.shape or arr.dtype != self.dtype or tuple(arr.chunks) != self.chunks:
+            return False
+        self.arr = arr
+        return True
+
+    @property
+    def store_path(self) -> str:
+        """The directory the array is being written in (workers open it by path)."""
+        return os.fspath(self.target.tmp)
+
+    def mark_written(self) -> None:
+        """Every value was written by other processes (dask tasks writing whole chunks)."""
+        self.written = self.expected_written
 
     def _attributes(self, like: Source, pooling, kind: str, provenance: dict) -> dict:
         meta = like.meta

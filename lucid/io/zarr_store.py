@@ -15,7 +15,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from lucid.io.atomic import _LIVE, AtomicTarget, check_destination, same_file
+from lucid.io.atomic import _LIVE, AtomicTarget, check_destination, protected_path, same_file
 from lucid.io.base import LucidIOError
 
 STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")
@@ -28,12 +28,16 @@ def is_zarr_dir(path: str | os.PathLike) -> bool:
 class DirectoryTarget(AtomicTarget):
     """A destination directory plus the temporary directory that becomes it on ``commit``."""
 
-    def __init__(self, dest, *, force: bool = False, protect=(), expected_bytes: int | None = None):
+    def __init__(self, dest, *, force: bool = False, protect=(), expected_bytes: int | None = None,
+                 fixed_tmp: str | os.PathLike | None = None):
+        """``fixed_tmp``: build the store in this directory instead of a fresh random one
+        (a resumable run's: reused when it exists, and not removed at exit)."""
         display = os.fspath(dest)
         path = os.path.abspath(display)
         self._replaces = False
         if os.path.isdir(path) and not os.path.islink(path):
-            for other in protect:
+            for entry in protect:
+                other = protected_path(entry)  # an HDF5 input comes as (file, dataset)
                 if other is not None and same_file(path, other):
                     raise LucidIOError(f"{display}: output is the input store {os.fspath(other)}; choose another output name")
             if not force:
@@ -53,7 +57,18 @@ class DirectoryTarget(AtomicTarget):
         else:
             super().__init__(dest, force=force, protect=protect, expected_bytes=expected_bytes)
         os.unlink(self.tmp)  # the name stays reserved by its random part: a directory takes it
-        os.mkdir(self.tmp)
+        if fixed_tmp is not None:
+            _LIVE.discard(os.fspath(self.tmp))
+            self.tmp = Path(os.path.abspath(fixed_tmp))
+            os.makedirs(self.tmp, exist_ok=True)
+        else:
+            os.mkdir(self.tmp)
+
+    def keep(self) -> None:
+        """Stop here and leave the temporary store as it is (a resumable run that was cut off)."""
+        if self.active:
+            self.aborted = True
+            _LIVE.discard(os.fspath(self.tmp))
 
     def wrote(self, nbytes: int) -> None:  # durability is paid once, in sync()
         return

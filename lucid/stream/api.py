@@ -194,25 +194,32 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             report.created_dirs = [str(d) for d in created]
         common = dict(like=source, compression=job.compression, force=job.force, slab_rows=plan.rows_per_slab,
                       provenance=provenance, protect=protect, zarr_format=job.zarr_format, shards=job.shards)
+        runner = _cluster_runner(job, source, plan, pad_value, order, out_dtype, limit, report)
+        extra = runner.sink_options if runner is not None else (lambda kind: {})
         out_sink = grad_sink = index_sink = None
         if job.output is not None:
-            out_sink = open_sink(job.output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=job.out_dataset, **common)
+            out_sink = open_sink(job.output, plan.out_shape, out_dtype, pooling=spec, kind="output", dataset=job.out_dataset,
+                                 **{**common, **extra("output")})
             sinks.append(out_sink)
         if job.grad_out is not None:
             in_rows = plan.rows_per_slab * plan.windows[plan.slab_r].stride  # the gradient map is on the input grid
             grad_sink = open_sink(job.grad_out, plan.in_shape, job.grad_dtype, pooling=None, kind="gradient",
-                                  **{**common, "slab_rows": in_rows})
+                                  **{**common, "slab_rows": in_rows, **extra("gradient")})
             sinks.append(grad_sink)
         if job.indices_out is not None:
-            index_sink = open_sink(job.indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices", **common)
+            index_sink = open_sink(job.indices_out, plan.out_shape, np.int64, pooling=spec, kind="indices",
+                                   **{**common, **extra("indices")})
             sinks.append(index_sink)
         source.set_cache(plan.cache_bytes)
 
-        stats = engine.run(
-            source, plan, out=out_sink, grad_out=grad_sink, indices_out=index_sink, grad_in=gradient,
-            pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=job.grad_dtype,
-            threads=threads, progress=progress,
-        )
+        if runner is None:
+            stats = engine.run(
+                source, plan, out=out_sink, grad_out=grad_sink, indices_out=index_sink, grad_in=gradient,
+                pad_value=pad_value, order=order, out_dtype=out_dtype, grad_dtype=job.grad_dtype,
+                threads=threads, progress=progress,
+            )
+        else:  # the same job, one dask task per block
+            stats = runner.run(out=out_sink, grad_out=grad_sink, indices_out=index_sink, progress=progress)
         for src in opened:  # what only the end of an input shows (a gzip CRC), before any commit
             src.check_complete()
         report.warnings.extend(w for s in sinks for w in getattr(s, "warnings", ()))
@@ -225,6 +232,8 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
         created = []  # the outputs are in them now
         report.seconds = stats.seconds
         report.padding_won = stats.padding_won
+        if runner is not None:
+            report.extra["dask"] = runner.summary
         report.peak_memory_mib = peak_memory_mib()
         return report
     finally:
@@ -233,6 +242,23 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
         dirs.remove_dirs(created)
         for src in opened:
             src.close()
+
+
+def _cluster_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, limit: int, report: PoolReport):
+    """The dask runner of a job given a cluster (``lucid.dask.volume``), or None: this machine's engine.
+
+    A job whose files cannot be read or written in parallel (.nii.gz) runs here, with one warning."""
+    if job.cluster is None:
+        return None
+    from lucid.dask import volume
+
+    reason = volume.serial_reason(job)
+    if reason is not None:
+        report.warnings.append(reason)
+        return None
+    runner = volume.plan_runner(job, source, plan, pad_value, order, out_dtype, limit)
+    runner.start()
+    return runner
 
 
 class PaddingValueError(ValueError):

@@ -62,6 +62,11 @@ class PoolJob:
     memory_limit: int | str = DEFAULT_MEMORY_LIMIT
     threads: int | None = None
     dry_run: bool = False
+    # where: None runs this machine's streaming engine; a ``lucid.dask.cluster.ClusterSpec``
+    # runs one dask task per block (``lucid.dask.volume``), ``resume`` continuing a cut-off run
+    cluster: Any = None
+    resume: bool = False
+    block_bytes: int | str | None = None  # input bytes per dask task [default: lucid.dask.blocks.DEFAULT_BLOCK_BYTES]
 
     def run(self, progress: Progress | None = None) -> PoolReport:
         """Open, plan, stream and commit; see :func:`lucid.stream.api.pool3d_file`."""
