@@ -103,7 +103,13 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
         out.append(line("element size", " x ".join(number(v) for v in um) + " um (element_size_um)"))
     if r.get("created_dirs"):
         out.append(line("directories", f"would create {', '.join(r['created_dirs'])}"))
-    out.append(line("slabs", _slabs(r)))
+    blocks = (r.get("extra") or {}).get("dask_plan")
+    if blocks:
+        parts = [f"{blocks[k + '_blocks']} {k} ({' x '.join(map(str, blocks[k + '_grid']))})"
+                 for k in ("forward", "backward") if blocks[k + "_blocks"]]
+        out.append(line("dask tasks", ", ".join(parts) + f"; within {human_bytes(r['memory_limit'])} each"))
+    else:
+        out.append(line("slabs", _slabs(r)))
     out.append(line("memory", f"{human_bytes(r['memory_estimate'])} estimated, limit {human_bytes(r['memory_limit'])}"))
     return out
 

@@ -285,3 +285,27 @@ def test_each_worker_stays_within_the_memory_limit_per_task(dask_processes, tmp_
     run = json.loads(out.stdout)["extra"]["dask"]
     assert run["forward_blocks"] > 1 and run["backward_blocks"] > 1
     assert max(run["worker_peak_mib"].values()) <= max(base.values()) + 32
+
+
+def test_dry_run_on_a_cluster_shows_the_block_plan_and_reaches_no_cluster(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lucid.dask import cluster as cluster_module
+    from lucid_cli.main import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not reach a cluster")
+
+    monkeypatch.setattr(cluster_module, "connect", refuse)
+    src = write_input(str(tmp_path / "in.zarr"), np.arange(64 * 32 * 32, dtype=np.float32).reshape(64, 32, 32), (16, 32, 32))
+    args = ["pool3d", src, str(tmp_path / "o.zarr"), "-k", "3", "-s", "2", "-p", "1", "--grad-out",
+            str(tmp_path / "g.zarr"), "--workers", "2", "--block-size", "32K", "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    line = next(t for t in result.output.splitlines() if t.startswith("dask tasks"))
+    report = pool3d_file(src, str(tmp_path / "o.zarr"), 3, 2, 1, grad_out=str(tmp_path / "g.zarr"),
+                         cluster=ClusterSpec(workers=2), block_bytes="32K", dry_run=True)
+    plan = report.extra["dask_plan"]
+    assert plan["forward_blocks"] > 1 and plan["backward_blocks"] > 1
+    assert f"{plan['forward_blocks']} forward" in line and f"{plan['backward_blocks']} backward" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]

@@ -175,6 +175,15 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
                         report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
                         continue
                     report.warnings.extend(_dry_run_check(target, ds, source, protect, job.force))
+            if job.cluster is not None:  # the block plan is arithmetic: no cluster is reached
+                from lucid.dask import volume
+
+                reason = volume.serial_reason(job)
+                if reason is not None:
+                    report.warnings.append(reason)
+                else:
+                    report.extra["dask_plan"] = volume.plan_runner(job, source, plan, pad_value, order, out_dtype,
+                                                                   limit).summary
             return report
 
         provenance = {
