@@ -175,15 +175,9 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
                         report.created_dirs += [str(d) for d in missing if str(d) not in report.created_dirs]
                         continue
                     report.warnings.extend(_dry_run_check(target, ds, source, protect, job.force))
-            if job.cluster is not None:  # the block plan is arithmetic: no cluster is reached
-                from lucid.dask import volume
-
-                reason = volume.serial_reason(job)
-                if reason is not None:
-                    report.warnings.append(reason)
-                else:
-                    report.extra["dask_plan"] = volume.plan_runner(job, source, plan, pad_value, order, out_dtype,
-                                                                   limit).summary
+            runner = _cluster_runner(job, source, plan, pad_value, order, out_dtype, limit, report, start=False)
+            if runner is not None:  # the block plan is arithmetic: no cluster is reached
+                report.extra["dask_plan"] = runner.summary
             return report
 
         provenance = {
@@ -253,8 +247,10 @@ def run_job(job: PoolJob, progress: engine.Progress | None = None) -> PoolReport
             src.close()
 
 
-def _cluster_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, limit: int, report: PoolReport):
-    """The dask runner of a job given a cluster (``lucid.dask.volume``), or None: this machine's engine.
+def _cluster_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, limit: int, report: PoolReport,
+                    start: bool = True):
+    """The dask runner of a job given a cluster (``lucid.dask.volume``), started unless ``start`` is
+    False (a dry run), or None: this machine's engine.
 
     A job whose files cannot be read or written in parallel (.nii.gz) runs here, with one warning."""
     if job.cluster is None:
@@ -266,7 +262,8 @@ def _cluster_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtyp
         report.warnings.append(reason)
         return None
     runner = volume.plan_runner(job, source, plan, pad_value, order, out_dtype, limit)
-    runner.start()
+    if start:
+        runner.start()
     return runner
 
 
