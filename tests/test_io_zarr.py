@@ -159,3 +159,36 @@ def test_lzf_is_refused_for_zarr_naming_the_output(tmp_path, volume):
     with pytest.raises(LucidIOError, match="out.zarr: lzf is an HDF5 filter"):
         pool3d_file(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), kernel_size=2, compression="lzf")
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".ome.zarr"])
+def test_auto_shards_are_one_index_thick_along_a_carried_axis_written_index_by_index(tmp_path, suffix, monkeypatch):
+    """The engine writes a czyx volume one channel at a time: a shard spanning channels would be
+    written partially, once per channel (zarr-python then has to merge partial shard writes)."""
+    from lucid.nn.functional import max_pool3d
+    from lucid.tensor import Tensor
+
+    a = np.random.default_rng(3).random((3, 40, 48, 56)).astype(np.float32)
+    src = zarr.create_array(str(tmp_path / "czyx.zarr"), shape=a.shape, chunks=(1, 16, 16, 16), dtype="float32",
+                            dimension_names=["c", "z", "y", "x"])
+    src[:] = a
+    out = str(tmp_path / f"out{suffix}")
+    writes = []
+    real = zarr.Array.__setitem__
+
+    def record(self, key, value):
+        writes.append((self.shards, key))
+        return real(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", record)
+    pool3d_file(str(tmp_path / "czyx.zarr"), out, 2, shards=True, memory_limit="16M")
+    got = zarr.open_group(out, mode="r")["0"] if suffix == ".ome.zarr" else zarr.open_array(out, mode="r")
+    assert got.shards[0] == 1
+    expected = np.asarray(max_pool3d(Tensor(a[None]), 2, 2).data)[0]
+    assert np.array_equal(got[:], expected)
+    assert writes
+    for shards, key in writes:  # every write through zarr-python covers whole shards
+        for k, n, size in zip(key, shards, got.shape):
+            assert k.start % n == 0 and (k.stop % n == 0 or k.stop == size), (key, shards)
+    with pytest.raises(LucidIOError, match="written one index at a time, so its extent must be 1"):
+        pool3d_file(str(tmp_path / "czyx.zarr"), str(tmp_path / f"bad{suffix}"), 2, shards=(3, 20, 24, 24))

@@ -289,7 +289,7 @@ class OmeZarrSink(FileSink):
         zf = 3 if zarr_format is None else int(zarr_format)
         compressor = parse_codec(compression, zf, shown)
         try:
-            shard_shape = choose_shards(stored, chunks, slab, slab_rows, shards)
+            shard_shape = choose_shards(stored, chunks, slab, slab_rows, shards, tuple(outer))
         except ValueError as exc:
             raise LucidIOError(f"{shown}: {exc}") from None
         if shard_shape and zf == 2:

@@ -306,17 +306,25 @@ def parse_codec(compression: str | None, zarr_format: int, name: str):
             "blosc": lambda: codecs.BloscCodec(cname=cname, clevel=level)}[codec.family]()
 
 
-def choose_shards(shape, chunks, slab_axis: int, slab_rows: int | None, shards) -> tuple[int, ...] | None:
-    """Shard shape: whole chunks, and along the slab axis one slab (or a divisor of it)."""
+def choose_shards(shape, chunks, slab_axis: int, slab_rows: int | None, shards,
+                  outer: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """Shard shape: whole chunks, along the slab axis one slab (or a divisor of it), and 1 along
+    the ``outer`` axes the engine writes one index at a time: every write is then whole shards."""
     if not shards:
         return None
     if shards is True or shards == "auto":
         out = list(int(n) for n in shape)
         out[slab_axis] = slab_rows or shape[slab_axis]
+        for a in outer:
+            out[a] = 1
         return tuple(-(-o // c) * c for o, c in zip(out, chunks))
     shards = tuple(int(s) for s in shards)
     if len(shards) != len(shape) or any(s <= 0 or s % c for s, c in zip(shards, chunks)):
         raise ValueError(f"shards {shards} must have one entry per axis, each a multiple of the chunks {chunks}")
+    for a in outer:
+        if shards[a] > 1:
+            raise ValueError(f"shards {shards}: axis {a} is written one index at a time, so its extent must be 1 "
+                             "(zarr-python cannot merge partial shard writes)")
     if slab_rows and slab_rows % shards[slab_axis] and shards[slab_axis] < shape[slab_axis]:
         raise ValueError(f"shards {shards}: the extent along the slab axis must divide the slab height {slab_rows} "
                          "(zarr-python cannot merge partial shard writes)")
@@ -349,7 +357,9 @@ class ZarrSink(FileSink):
         outer = outer_axes(len(self.shape), like.layout.pooled, slab_axis, like.order)
         self.chunks = tuple(chunks) if chunks else choose_chunks(self.shape, self.dtype.itemsize, slab_axis, slab_rows, outer)
         try:
-            self.shards = choose_shards(self.shape, self.chunks, slab_axis, slab_rows, shards)
+            # dask tasks (``staging``) write whole blocks, not the engine's one-index-at-a-time rows
+            self.shards = choose_shards(self.shape, self.chunks, slab_axis, slab_rows, shards,
+                                        () if staging is not None else outer)
         except ValueError as exc:
             raise LucidIOError(f"{self.name}: {exc}") from None
         if self.shards and self.zarr_format == 2:
