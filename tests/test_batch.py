@@ -252,6 +252,7 @@ def test_cli_level_pools_that_ome_zarr_level_and_counts_in_the_fingerprint(tmp_p
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert [x["status"] for x in lines[:-1]] == ["done", "done"]
+    assert [x["bytes"] for x in lines[:-1]] == [6 * 8 * 7 * 2] * 2  # a store counts its level's array bytes
     for name, w in want.items():
         got = zarr.open_group(f"out/{name}_pooled.ome.zarr", mode="r")["0"][...]
         np.testing.assert_array_equal(got, w)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from lucid.batch.inputs import FilePair
 from lucid.batch.provenance import output_fingerprints
@@ -88,7 +91,8 @@ def run_file(job: PoolJob) -> FileResult:
             raise TransientError(one_line(exc, job.input)) from None
         return FileResult(job.input, job.output, "failed", one_line(exc, job.input), time.perf_counter() - start)
     file = detect_format(job.input)[1]
-    size = os.path.getsize(file) if os.path.isfile(file) else 0  # a Zarr store is a directory: not counted
+    # a Zarr store is a directory of many files: count the array's bytes instead of walking it
+    size = os.path.getsize(file) if os.path.isfile(file) else math.prod(report.in_shape) * np.dtype(report.dtype).itemsize
     return FileResult(job.input, job.output, "done", None, time.perf_counter() - start, size, list(report.warnings))
 
 
