@@ -283,4 +283,8 @@ def clean_lines(found, dry_run: bool) -> list[str]:
     lines.append(f"{found.directory}: {verb} {len(found.removed)} stale temporary file"
                  f"{'' if len(found.removed) == 1 else 's'}"
                  + (f", kept {len(found.kept)} of running processes or other machines" if found.kept else ""))
+    if found.resumable:
+        lines.append(f"{found.directory}: kept {len(found.resumable)} part{'' if len(found.resumable) == 1 else 's'} "
+                     f"of cut-off cluster runs ({', '.join(found.resumable)}): rerun with --resume to finish, "
+                     "or delete them")
     return lines

@@ -50,6 +50,7 @@ from lucid.dask.blocks import BlockPlan
 from lucid.dask.cluster import ClusterError, ClusterSpec
 from lucid.io import LucidIOError, detect_format, open_gradient, open_source
 from lucid.io.base import one_line
+from lucid.io.tempfiles import PART_MARK
 from lucid.kernels import maxpool
 from lucid.kernels.maxpool import MAX, MIN
 from lucid.stream import engine
@@ -57,7 +58,6 @@ from lucid.stream.engine import EngineStats
 from lucid.stream.job import PoolJob
 from lucid.stream.plan import Plan, parse_size
 
-PART_MARK = ".lucid-part-"
 CHUNK_BYTES = 1 << 20  # staged and Zarr output chunks: at most this, and at most 1/8 of a block
 PARALLEL_FORMATS = ("hdf5", "zarr", "nifti")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TMP_MARK = ".lucid-tmp-"
+PART_MARK = ".lucid-part-"  # a cluster run's store and manifest, kept for ``--resume`` (lucid.dask.volume)
 SPOOL_MARK = ".lucid-spool-"
 MARKS = (TMP_MARK, SPOOL_MARK)
 NAME_MAX = 255
@@ -77,6 +78,7 @@ class CleanReport:
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    resumable: list[str] = field(default_factory=list)  # cut-off cluster runs: never removed here
 
 
 def clean_stale(directory: str | os.PathLike, *, dry_run: bool = False) -> CleanReport:
@@ -88,7 +90,10 @@ def clean_stale(directory: str | os.PathLike, *, dry_run: bool = False) -> Clean
     report = CleanReport(directory)
     here = host_tag()
     with os.scandir(directory) as entries:
-        found = [(e.name, e.path) for e in entries if owner_pid(e.name) is not None]
+        names = [(e.name, e.path) for e in entries]
+    found = [(name, path) for name, path in names if owner_pid(name) is not None]
+    # a cluster run's parts have no owner process: a later `--resume` (from any client) continues them
+    report.resumable = sorted(name for name, _ in names if name.startswith(".") and PART_MARK in name)
     for name, path in sorted(found):
         pid, host = owner_pid(name)
         if host != here or _owner_alive(pid, path):
