@@ -425,6 +425,13 @@ class FileSink(Sink):
     written_unit = "values"
     _prepared = False
 
+    def _set_array(self, shape, dtype, like, kind: str) -> None:
+        """The output's shape, its dtype in native byte order, its kind, and the input layout it keeps."""
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self.kind = kind
+        self.layout = like.layout
+
     @property
     def expected_written(self) -> int:
         return math.prod(self.shape)

@@ -501,10 +501,7 @@ class NiftiSink(FileSink):
                  name: str | None = None):
         shown = name or os.fspath(path)
         self.name = shown
-        self.shape = tuple(int(n) for n in shape)
-        self.kind = kind
-        self.layout = like.layout
-        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self._set_array(shape, dtype, like, kind)
         if self.dtype.kind == "f" and self.dtype.itemsize == 2:
             raise LucidIOError(f"{shown}: NIfTI cannot store float16; write float32 or an .h5 file")
         if len(self.shape) > 7:

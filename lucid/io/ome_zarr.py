@@ -269,10 +269,7 @@ class OmeZarrSink(FileSink):
 
         shown = name or os.fspath(path)
         self.name = shown
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype).newbyteorder("=")
-        self.kind = kind
-        self.layout = like.layout
+        self._set_array(shape, dtype, like, kind)
         frame = ome.frame_of(like.meta, like.layout, like.name)
         if pooling is not None:
             frame = frame.pooled(like.layout.pooled, pooling)

@@ -343,10 +343,7 @@ class ZarrSink(FileSink):
 
         zarr = _zarr()
         shown = name or os.fspath(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype).newbyteorder("=")
-        self.kind = kind
-        self.layout = like.layout
+        self._set_array(shape, dtype, like, kind)
         self.zarr_format = 3 if zarr_format is None else int(zarr_format)
         if self.zarr_format not in (2, 3):
             raise LucidIOError(f"{shown}: zarr format must be 2 or 3, got {zarr_format!r}")

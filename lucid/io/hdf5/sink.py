@@ -279,10 +279,7 @@ class HDF5Sink(FileSink):
                  scale: tuple[float, float] | None = None, protect=(), name: str | None = None):
         shown = name or os.fspath(path)
         self.scale = scale
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype).newbyteorder("=")
-        self.kind = kind
-        self.layout = like.layout
+        self._set_array(shape, dtype, like, kind)
         codec = parse_compression(compression, shown)
         dataset = dataset_for(dataset, like)
         self.dataset_path = dataset
