@@ -150,15 +150,40 @@ def chunk_reader(arr, store, workers: int | None = None) -> ChunkReader | None:
                        decoders, meta.encode_chunk_key, fill, workers)
 
 
-class ChunkReader:
+class _ChunkTasks:
+    """What the reader and the writer share: the chunks a box covers, run on a small thread pool."""
+
+    def __init__(self, folder: str, shape, chunks, stored: np.dtype, key, fill, workers: int | None, name: str):
+        self.folder, self.shape, self.chunks = folder, shape, chunks
+        self.stored, self.key, self.fill = stored, key, fill
+        self.workers = max(1, min(MAX_WORKERS, workers or os.cpu_count() or 1))
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _each_chunk(self, fn, box: tuple[slice, ...], *args) -> None:
+        """``fn(coords, box, *args)`` for every chunk ``box`` touches, inline or on the pool."""
+        todo = list(product(*[range(s.start // n, -(-s.stop // n)) for s, n in zip(box, self.chunks)]))
+        if self.workers == 1 or len(todo) == 1:
+            for coords in todo:
+                fn(coords, box, *args)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=self._name)
+        _all(self._pool, fn, todo, box, *args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class ChunkReader(_ChunkTasks):
     """Reads boxes of one array chunk by chunk; ``read(box, out)`` fills ``out`` (native dtype)."""
 
     def __init__(self, folder: str, shape, chunks, stored: np.dtype, decoders, key, fill, workers: int | None):
-        self.folder, self.shape, self.chunks = folder, shape, chunks
-        self.stored, self.decoders, self.key, self.fill = stored, decoders, key, fill
+        super().__init__(folder, shape, chunks, stored, key, fill, workers, "lucid-zarr-read")
+        self.decoders = decoders
         self.chunk_bytes = math.prod(chunks) * stored.itemsize
-        self.workers = max(1, min(MAX_WORKERS, workers or os.cpu_count() or 1))
-        self._pool: ThreadPoolExecutor | None = None
 
     def memory(self) -> int:
         """Bytes held while reading: per worker, one decoded chunk and its stored bytes."""
@@ -199,32 +224,17 @@ class ChunkReader:
             out[tuple(outer)] = data[tuple(inner)]
 
     def read(self, box: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
-        ranges = [range(s.start // n, -(-s.stop // n)) for s, n in zip(box, self.chunks)]
-        todo = list(product(*ranges))
-        if self.workers == 1 or len(todo) == 1:
-            for coords in todo:
-                self._place(coords, box, out)
-            return out
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lucid-zarr-read")
-        _all(self._pool, self._place, todo, box, out)
+        self._each_chunk(self._place, box, out)
         return out
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
-
-class ChunkWriter:
+class ChunkWriter(_ChunkTasks):
     """Writes boxes made of whole chunks of one array; ``write(box, data)`` returns False (nothing
     written) for a box that is not, so the caller can write it through zarr-python."""
 
     def __init__(self, folder: str, shape, chunks, stored: np.dtype, encoders, key, fill, workers: int | None):
-        self.folder, self.shape, self.chunks = folder, shape, chunks
-        self.stored, self.encoders, self.key, self.fill = stored, encoders, key, fill
-        self.workers = max(1, min(MAX_WORKERS, workers or os.cpu_count() or 1))
-        self._pool: ThreadPoolExecutor | None = None
+        super().__init__(folder, shape, chunks, stored, key, fill, workers, "lucid-zarr-write")
+        self.encoders = encoders
         self._dirs: set[str] = set()
 
     def whole(self, box: tuple[slice, ...]) -> bool:
@@ -257,17 +267,5 @@ class ChunkWriter:
     def write(self, box: tuple[slice, ...], data: np.ndarray) -> bool:
         if not self.whole(box):
             return False
-        todo = list(product(*[range(s.start // n, -(-s.stop // n)) for s, n in zip(box, self.chunks)]))
-        if self.workers == 1 or len(todo) == 1:
-            for coords in todo:
-                self._put(coords, box, data)
-            return True
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lucid-zarr-write")
-        _all(self._pool, self._put, todo, box, data)
+        self._each_chunk(self._put, box, data)
         return True
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
