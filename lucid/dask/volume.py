@@ -144,10 +144,9 @@ def _write(staged: Staged, box, data: np.ndarray) -> None:
     if not whole_units(box, unit, arr.shape):  # two writers of one chunk or shard: the last one wins
         raise AssertionError(f"{staged.name}: block {box} is not whole chunks/shards of {unit}")
     try:
-        data = np.ascontiguousarray(data, dtype=staged.dtype)
         writer = chunk_writer(arr, store, workers=1)  # the engine's direct chunk writes; one thread per task
-        if writer is None or not writer.write(box, data):
-            arr[box] = data
+        if writer is None or not writer.write(box, data):  # the writer casts chunk by chunk: no block copy
+            arr[box] = np.ascontiguousarray(data, dtype=staged.dtype)
     except Exception as exc:
         raise LucidIOError(f"{staged.name}: cannot write a block into {staged.store}: {one_line(exc)}") from None
 
