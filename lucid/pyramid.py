@@ -33,7 +33,7 @@ from lucid.io.compression import DEFAULT as DEFAULT_COMPRESSION
 from lucid.io.layout import outer_axes
 from lucid.io.ome_zarr import OmeStore, group_carry, json_attrs, lucid_metadata
 from lucid.kernels import tiled
-from lucid.kernels.maxpool import MAX, MIN, check_dtype
+from lucid.kernels.maxpool import MAX, MIN, along, check_dtype
 from lucid.kernels.windows import PoolSpec
 from lucid.stream import resources
 from lucid.stream.plan import PIPELINE_SLAB_BYTES, MemoryLimitError, parse_size
@@ -125,11 +125,11 @@ class _Stage:
             self.carry = None
         n = block.shape[self.axis]
         whole = n - n % self.factor
-        if whole < n:
-            self.carry = np.take(block, range(whole, n), axis=self.axis)
+        if whole < n:  # a copy: the few rows kept must not hold the whole block alive
+            self.carry = block[along(block.ndim, self.axis, slice(whole, n))].copy()
         if whole == 0:
             return None
-        return self._pool(block if whole == n else np.take(block, range(whole), axis=self.axis))
+        return self._pool(block if whole == n else block[along(block.ndim, self.axis, slice(0, whole))])
 
     def flush(self) -> np.ndarray | None:
         block, self.carry = self.carry, None
