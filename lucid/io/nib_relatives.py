@@ -43,27 +43,28 @@ def _geometry(source: NiftiSource, header, affine, unit: str | None, format: str
                       affine=None if affine is None else np.array(affine, dtype=float), scale=scale, extra=extra)
 
 
-class AnalyzeSource(NiftiSource):
+class _RelativeSource(NiftiSource):
+    """A format read like NIfTI whose header has no qform/sform to repair: taken as it is."""
+
+    def _sane(self, header, shown: str):
+        return header.copy(), [], True
+
+
+class AnalyzeSource(_RelativeSource):
     """An Analyze 7.5 (or SPM99/SPM2) ``.hdr/.img`` pair; voxel sizes in mm, as SPM assumes."""
 
     image_types = (nib.AnalyzeImage,)
     what = "Analyze"
 
-    def _sane(self, header, shown: str):
-        return header.copy(), [], True
-
     def _make_meta(self, hdr, scale) -> VolumeMeta:
         return _geometry(self, hdr, hdr.get_best_affine(), "mm", "analyze", {"analyze_header": hdr.copy()}, scale)
 
 
-class MGHSource(NiftiSource):
+class MGHSource(_RelativeSource):
     """A FreeSurfer MGH (``.mgh``) or gzip-compressed MGZ (``.mgz``) volume, up to 4-D (frames carried)."""
 
     image_types = (nib.MGHImage,)
     what = "MGH"
-
-    def _sane(self, header, shown: str):
-        return header.copy(), [], True
 
     def _make_meta(self, hdr, scale) -> VolumeMeta:
         return _geometry(self, hdr, hdr.get_affine(), "mm", "mgh", {"mgh_header": hdr.copy()}, scale)
