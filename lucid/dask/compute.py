@@ -11,8 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from lucid.dask.blocks import Block
-from lucid.kernels import maxpool, tiled
+from lucid.kernels import backend, maxpool, tiled
 from lucid.kernels.maxpool import MAX, Order
+
+
+def _task_kernels():
+    """Tasks keep the numpy kernels under ``auto``: the per-task memory plan does not count
+    numba's own RSS (about 115 MB a worker).  ``LUCID_KERNELS=numba`` compiles them."""
+    return backend.kernels("numpy" if backend.backend() == "auto" else None)
 
 
 def shape_of(box) -> tuple[int, ...]:
@@ -26,7 +32,8 @@ def forward_values(data: np.ndarray, block: Block, pad_value, order: Order = MAX
 
 def forward_codes(data: np.ndarray, block: Block, mults, pad_value, order: Order = MAX):
     """``(values, winner codes)`` of one forward block."""
-    return tiled.argpool(data, block.pooled, block.windows, mults, pad_value, order, threads=1)
+    with _task_kernels():
+        return tiled.argpool(data, block.pooled, block.windows, mults, pad_value, order, threads=1)
 
 
 def backward_gradient(data: np.ndarray, grad: np.ndarray | None, block: Block, mults, lead: int, pad_value,
@@ -39,6 +46,11 @@ def backward_gradient(data: np.ndarray, grad: np.ndarray | None, block: Block, m
     dtype = np.dtype(dtype)
     if block.empty:
         return np.zeros(shape_of(block.own_box), dtype)
+    with _task_kernels():
+        return _backward_gradient(data, grad, block, mults, lead, pad_value, dtype, order)
+
+
+def _backward_gradient(data, grad, block: Block, mults, lead: int, pad_value, dtype, order: Order) -> np.ndarray:
     _, codes = tiled.argpool(data, block.pooled, block.windows, mults, pad_value, order, threads=1)
     buffer = maxpool.empty_like_layout(data, shape_of(block.rows_box), dtype)
     buffer[...] = 0

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lucid.kernels import maxpool
+from lucid.kernels import backend, maxpool
 from lucid.kernels.maxpool import MAX, Axes, Order, Windows
 
 TILE_BYTES = 2 << 20  # input bytes per tile: its passes stay in L2/L3
@@ -94,17 +94,20 @@ def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order 
 
 
 def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, order: Order = MAX, threads=None):
-    """Max pooling with winner codes, tiled; returns ``(values, codes)``."""
+    """Max pooling with winner codes, tiled (or compiled: ``lucid.kernels.backend``); returns ``(values, codes)``."""
     maxpool.check_dtype(x.dtype)
     shape = _out_shape(x, axes, windows)
     out = maxpool.empty_like_layout(x, shape, x.dtype)
     codes = maxpool.empty_like_layout(x, shape, maxpool.code_dtype(windows))
+    if backend.argpool(x, axes, windows, mults, pad_value, order, (out, codes), threads):
+        return out, codes
 
     tasks = [
         (lambda i=i, o=o, w=w: maxpool.argpool(x[i], axes, w, mults, pad_value, order, out=(out[o], codes[o])))
         for i, o, w in _forward_tiles(x, axes, windows)
     ]
-    _run(tasks, threads)
+    with backend.numpy_time(x.dtype, windows, forward=True):
+        _run(tasks, threads)
     return out, codes
 
 
@@ -119,6 +122,13 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
     ``fresh``: ``out`` is uninitialised; each block zeroes the rows it is the
     first to reach just before adding to them, while they are in cache.
     """
+    if backend.unpool(grad, codes, axes, windows, mults, out, threads, fresh):
+        return out
+    with backend.numpy_time(out.dtype, windows):
+        return _unpool(grad, codes, axes, windows, mults, out, lead, threads, fresh)
+
+
+def _unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, lead: int, threads, fresh: bool):
     outer = _outer_axis(grad)
     if outer not in axes and grad.shape[outer] > 1:
         row_bytes = max(1, out.nbytes // out.shape[outer])

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from lucid.io.base import LucidIOError, Sink, Source
-from lucid.kernels import maxpool, tiled
+from lucid.kernels import backend, maxpool, tiled
 from lucid.kernels.maxpool import MAX, Order, along
 from lucid.stream.plan import Plan, Slab
 
@@ -71,6 +71,14 @@ def run(
     a gradient map counts how many windows chose each voxel.  Sinks are written
     but not committed: the caller commits or aborts them.
     """
+    # a plan whose budget cannot hold numba's own memory runs the numpy kernels
+    with backend.kernels("numpy" if not plan.numba_bytes and backend.backend() == "auto" else None):
+        return _run(source, plan, out, grad_out, indices_out, grad_in, pad_value, order, out_dtype, grad_dtype,
+                    threads, progress, check_padding)
+
+
+def _run(source, plan, out, grad_out, indices_out, grad_in, pad_value, order, out_dtype, grad_dtype, threads,
+         progress, check_padding) -> EngineStats:
     stats = EngineStats()
     start = time.perf_counter()
     out_dtype = np.dtype(out_dtype or source.dtype)

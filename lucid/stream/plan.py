@@ -18,6 +18,7 @@ import numpy as np
 
 from lucid.io.atomic import human_bytes
 from lucid.io.layout import outer_axes
+from lucid.kernels import backend
 from lucid.kernels.maxpool import _interior, code_dtype
 from lucid.kernels.windows import AxisWindow, PoolSpec
 
@@ -53,6 +54,7 @@ class Plan:
     slabs: tuple[Slab, ...]
     slab_bytes: int  # estimated peak bytes of the slab buffers, the reader's included
     cache_bytes: int = 0  # what the reader's chunk cache may hold: one input slab, counted in slab_bytes
+    numba_bytes: int = 0  # numba's RSS, counted in slab_bytes; 0: the budget cannot hold it, run the numpy kernels
 
     @property
     def slab_axis(self) -> int:
@@ -150,13 +152,17 @@ def plan_slabs(
     edge_planes = sum(x.size_out - (hi - lo) for x in windows for lo, hi in [_interior(x)])
     tap_tables = taps * (16 + edge_planes) if backward or indices else 0
 
+    # The compiled kernels (backward and indices only) load numba, whose own RSS the budget
+    # must hold; when it cannot, the run keeps the numpy kernels instead of failing.
+    numba_bytes = backend.NUMBA_RSS_BYTES if (backward or indices) and backend.may_load_numba() else 0
+
     def estimate(rows: int) -> int:
         in_rows = min(w.size_in, (rows - 1) * w.stride + w.span)
         # Reader, compute and writer each hold a slab: two input slabs in flight,
         # three output slabs (computed, queued, being written) and the kernels'
         # intermediate pass (at most half the input of a slab with stride >= 2).
         total = in_rows * in_plane * in_itemsize * (4 if cached_input else 3) + rows * out_plane * out_itemsize * 3
-        total += reader_overhead + tap_tables
+        total += reader_overhead + tap_tables + numba_bytes
         if backward:
             total += rows * out_plane * (code_size + 2 * grad_itemsize)  # codes, upstream gradient
             total += in_rows * in_plane * grad_itemsize * 4  # carry, masks, rows queued to the writer
@@ -165,6 +171,9 @@ def plan_slabs(
         return total
 
     rows = _largest_fitting(estimate, w.size_out, memory_limit)
+    if rows == 0 and numba_bytes:
+        numba_bytes = 0
+        rows = _largest_fitting(estimate, w.size_out, memory_limit)
     per_row = max(1, w.stride * in_plane * in_itemsize)
     cap = max(1, PIPELINE_SLAB_BYTES // per_row)
     if whole_chunks and chunk_rows > 1 and rows * w.stride >= chunk_rows:  # a reader without a chunk cache
@@ -181,7 +190,7 @@ def plan_slabs(
         rows = max(1, (rows * w.stride // chunk_rows) * chunk_rows // w.stride)
     slabs = cut_slabs(w, rows)
     cache = max(s.in_rows[1] - s.in_rows[0] for s in slabs) * in_plane * in_itemsize if cached_input else 0
-    return Plan(shape, tuple(out_shape), pooled, windows, slab_r, outer, slabs, estimate(rows), cache)
+    return Plan(shape, tuple(out_shape), pooled, windows, slab_r, outer, slabs, estimate(rows), cache, numba_bytes)
 
 
 def _largest_fitting(estimate, limit_rows: int, budget: int) -> int:

@@ -1,0 +1,272 @@
+"""Which kernels run the forward with winners and the backward: numpy or numba.
+
+``LUCID_KERNELS=auto|numba|numpy`` (default ``auto``), or ``set_backend(name)``.
+
+- ``numpy``: the reference kernels (``lucid.kernels.maxpool``) only; numba is never imported.
+- ``numba``: the compiled loops (``lucid.kernels.compiled``) wherever they apply.
+- ``auto``: the numpy kernels until this process has spent ``CROSSOVER_SECONDS``
+  in work the compiled loops would do, then the compiled loops.  Loading
+  numba costs a process about 0.6 s and 115 MB (more on the first run after
+  an install, which compiles), so a small volume never pays it, and a long
+  run or a training loop pays it once, after at most that much time.
+
+Values-only pooling always runs the numpy kernels: they are at memory speed
+already.  When numba cannot be imported, or its cache directory is not
+writable, lucid warns once and runs the numpy kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lucid.kernels.maxpool import MIN, Axes, Order, Windows, _interior, code_mults
+
+BACKENDS = ("auto", "numba", "numpy")
+CROSSOVER_SECONDS = 1.0  # numpy time after which "auto" loads numba: about what loading it costs
+NUMBA_RSS_BYTES = 130 << 20  # what numba and the loaded kernels add to a process (measured 115 MB)
+TILE_BYTES = 2 << 20  # output rows per backward task: they stay in L2/L3
+MAX_TAPS = 125  # taps per window the compiled loops unroll; bigger kernels run numpy's separable passes
+FORWARD_TAPS_PER_INPUT = 2  # "auto" runs the forward compiled while windows read at most this many taps per input
+
+_choice: str | None = None
+_local = threading.local()  # a per-thread override: kernels("numpy") for runs whose budget cannot hold numba
+_module = None  # lucid.kernels.compiled, once loaded
+_failed = False
+_numpy_seconds = 0.0  # spent by the numpy kernels on work the compiled loops could do
+_launch = threading.Lock()  # numba's workqueue layer aborts on two launches at once: one at a time
+
+
+def set_backend(name: str | None) -> None:
+    """Choose the kernels for this process (None: back to ``LUCID_KERNELS``)."""
+    global _choice
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    _choice = name
+
+
+def backend() -> str:
+    name = getattr(_local, "name", None) or _choice or os.environ.get("LUCID_KERNELS", "").strip().lower() or "auto"
+    return name if name in BACKENDS else "auto"
+
+
+@contextlib.contextmanager
+def kernels(name: str | None):
+    """Use ``name``'s kernels in this thread for the duration (None: no change)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    before = getattr(_local, "name", None)
+    _local.name = name or before
+    try:
+        yield
+    finally:
+        _local.name = before
+
+
+def may_load_numba() -> bool:
+    """Whether this process may load numba for a backward (a memory plan counts its RSS then)."""
+    if backend() == "numpy" or _failed:
+        return False
+    return _module is not None or importlib.util.find_spec("numba") is not None
+
+
+def cache_dir() -> Path:
+    """numba's cache: ``NUMBA_CACHE_DIR``, else lucid's directory in the user cache."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lucid" / "numba"
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".lucid-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _fallback(reason: str) -> None:
+    global _failed
+    _failed = True
+    warnings.warn(f"lucid: compiled kernels unavailable ({reason}); using the numpy kernels", RuntimeWarning,
+                  stacklevel=4)
+
+
+def _load():
+    """lucid.kernels.compiled, importing numba on first use; None when it cannot be had."""
+    global _module
+    if _module is not None or _failed:
+        return _module
+    where = cache_dir()
+    if not _writable(where):
+        _fallback(f"numba cache directory {where} is not writable")
+        return None
+    os.environ["NUMBA_CACHE_DIR"] = str(where)
+    # omp stalled for whole scheduler slices when another process held a core (issue #17)
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    try:
+        from lucid.kernels import compiled
+    except Exception as exc:  # ImportError, or numba's own errors on a broken install
+        _fallback(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot import numba'}")
+        return None
+    _module = compiled
+    return compiled
+
+
+def loaded() -> bool:
+    return _module is not None
+
+
+def preload() -> bool:
+    """Load numba now (unless the backend is ``numpy``): for a process that knows it will run
+    long, so ``auto`` uses the compiled loops from the first call.  Returns whether they loaded."""
+    return backend() != "numpy" and _load() is not None
+
+
+def applies(dtype: np.dtype, windows: Windows, forward: bool = False) -> bool:
+    """Whether the compiled loops handle this dtype and geometry (and, under ``auto``, win).
+
+    The forward loop reads every tap of every window: it beats numpy's
+    separable passes only while windows overlap little.  Measured: 2-8x faster
+    for k=2 s=2 (one tap per input element), 0.7-1.3x for k=3 s=2 (3.4: slower
+    on small volumes, where the padded edges are a large share), 2-3x slower
+    for k=3 s=1 (27).  The backward loop wins on all of them.
+    """
+    dtype = np.dtype(dtype)
+    taps = windows[0].kernel * windows[1].kernel * windows[2].kernel
+    if not (dtype.kind in "iu" or dtype in (np.float32, np.float64)) or taps > MAX_TAPS:
+        return False
+    return not forward or backend() == "numba" or taps <= FORWARD_TAPS_PER_INPUT * math.prod(w.stride for w in windows)
+
+
+def _chosen(dtype, windows: Windows, forward: bool = False):
+    """The compiled module when it should run this work, else None."""
+    name = backend()
+    if name == "numpy" or _failed or not applies(dtype, windows, forward):
+        return None
+    if name == "auto" and _module is None and _numpy_seconds < CROSSOVER_SECONDS:
+        return None
+    return _load()
+
+
+class numpy_time:
+    """Times numpy work the compiled loops could have done (the ``auto`` rule counts it)."""
+
+    def __init__(self, dtype, windows: Windows, forward: bool = False):
+        self.counts = backend() == "auto" and _module is None and not _failed and applies(dtype, windows, forward)
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        global _numpy_seconds
+        if self.counts:
+            _numpy_seconds += time.perf_counter() - self.start
+
+
+def _threads(threads: int | None) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, threads or numba.config.NUMBA_NUM_THREADS)))
+
+
+_seen: set[tuple] = set()
+
+
+def _compiling(key: tuple) -> None:
+    """Say once on stderr when a kernel is compiled for this install (a marker file per geometry)."""
+    if key in _seen:
+        return
+    _seen.add(key)
+    marker = cache_dir() / f"lucid-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.compiled"
+    if marker.exists():
+        return
+    print("lucid: compiling a kernel for this window shape (once per install, a few seconds)",
+          file=sys.stderr, flush=True)
+    try:
+        marker.touch()
+    except OSError:
+        pass
+
+
+def _as_4d(a: np.ndarray, axes: Axes) -> np.ndarray | None:
+    """A (lead, P, Q, R) view of ``a`` with ``axes`` last, or None when the lead axes cannot merge."""
+    if tuple(axes) == tuple(range(a.ndim - 3, a.ndim)) and a.flags.c_contiguous:
+        return a.reshape(-1, *a.shape[-3:])  # the common case, without moveaxis's checks
+    moved = np.moveaxis(a, axes, (-3, -2, -1))
+    view = moved.view()
+    try:
+        view.shape = (math.prod(moved.shape[:-3]), *moved.shape[-3:])
+    except AttributeError:
+        return None
+    return view
+
+
+def _views(arrays, axes: Axes):
+    """Matching (lead, P, Q, R) views of ``arrays``: one set, or one per lead index when they cannot merge."""
+    views = [_as_4d(a, axes) for a in arrays]
+    if all(v is not None for v in views):
+        return [views]
+    moved = [np.moveaxis(a, axes, (-3, -2, -1)) for a in arrays]
+    return [[m[i][None] for m in moved] for i in np.ndindex(*moved[0].shape[:-3])]
+
+
+def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order: Order, out, threads) -> bool:
+    """Fill ``out`` (values, codes) with the compiled forward; False when it should not run here."""
+    mod = _chosen(x.dtype, windows, forward=True)
+    if mod is None:
+        return False
+    geometry = tuple(tuple(getattr(w, f) for w in windows) for f in ("kernel", "stride", "dilation"))
+    key = ("argpool", *geometry, tuple(mults), order is MIN)
+    kernel = mod.argpool_kernel(*key[1:])
+    tables = [mod.tap_table(w, pad_value is not None) for w in windows]
+    interior = np.array([_interior(w) for w in windows], np.int64)
+    pads = np.array([w.pad for w in windows], np.int64)
+    pad = x.dtype.type(0 if pad_value is None else pad_value)
+    with _launch:
+        _threads(threads)
+        _compiling((key, x.dtype.str, out[1].dtype.str))
+        for xv, vv, cv in _views((x, *out), axes):
+            kernel(xv, vv, cv, *tables, interior, pads, pad)
+    return True
+
+
+def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, threads, fresh: bool) -> bool:
+    """Add ``grad`` into ``out`` at the winners with the compiled loops; False when they should not run here."""
+    mod = _chosen(out.dtype, windows)
+    priority = sorted(range(3), key=lambda r: -mults[r])
+    if (mod is None or tuple(mults) != code_mults(windows, priority)
+            or any(out.shape[a] != w.size_in for a, w in zip(axes, windows))):
+        return False
+    axes_p = tuple(axes[r] for r in priority)
+    wins = [windows[r] for r in priority]
+    geometry = tuple(tuple(getattr(w, f) for w in wins) for f in ("kernel", "stride", "dilation"))
+    kernel = mod.unpool_kernel(*geometry)
+    pads = np.array([w.pad for w in wins], np.int64)
+    with _launch:
+        _threads(threads)
+        _compiling(("unpool", *geometry, grad.dtype.str, out.dtype.str, codes.dtype.str))
+        if fresh:
+            out[...] = 0
+        for gv, cv, ov in _views((grad, codes, out), axes_p):
+            # Tasks own rows along the most significant axis, TILE_BYTES of ``out`` each: measured
+            # 4x faster than one task over 8 MiB (2x from threads, the rest from the cache).
+            # Each task replays the outputs of about span/stride rows beyond the ones it owns.
+            row_bytes = max(1, ov[0, 0].nbytes)
+            rows = max(wins[0].span, min(ov.shape[1], TILE_BYTES // row_bytes))
+            kernel(gv, cv, ov, pads, rows)
+    return True

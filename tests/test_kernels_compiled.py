@@ -1,0 +1,290 @@
+"""Compiled (numba) kernels: bit for bit the numpy kernels and PyTorch; the choice, fallback and cache logic.
+
+Every window geometry compiles its own kernels (a few seconds each on a cold
+cache), so the data, shapes, padding, layouts and values are drawn at random
+but the geometries come from a short list.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lucid.kernels import backend, maxpool, tiled
+from lucid.kernels.maxpool import MAX, MIN
+from lucid.kernels.windows import PoolSpec
+
+numba = pytest.importorskip("numba")
+try:
+    import torch
+except ImportError:  # PyTorch is a reference only: skip its comparisons
+    torch = None
+
+# (kernel, stride, padding, dilation, ceil_mode): non-overlapping, overlapping, padded and
+# dilated with a ceil-mode overhang, and a mixed one with padding more than half the kernel
+GEOMETRIES = [
+    ((2, 2, 2), (2, 2, 2), (0, 0, 0), (1, 1, 1), False),
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), False),
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1), (2, 2, 2), True),
+    ((2, 3, 1), (1, 2, 3), (2, 1, 0), (2, 1, 1), True),
+]
+# (geometry, order, dtype): every geometry on float32 and int16, the others on one each
+SIGNATURES = ([(g, MAX, np.float32) for g in range(4)] + [(g, MAX, np.int16) for g in range(4)]
+              + [(0, MAX, np.float64), (0, MAX, np.uint8), (2, MIN, np.float32), (3, MIN, np.int16)])
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    yield
+    backend.set_backend(None)
+
+
+def _run(name, x, axes, windows, pad_value, order, grad):
+    backend.set_backend(name)
+    mults = maxpool.code_mults(windows, (0, 1, 2))
+    values, codes = tiled.argpool(x, axes, windows, mults, pad_value, order)
+    out = np.empty(x.shape, grad.dtype)
+    g = tiled.unpool(grad, codes, axes, windows, mults, out, lead=0, fresh=True)
+    return values, codes, g
+
+
+def _data(rng, shape, dtype, specials: float):
+    if np.dtype(dtype).kind == "f":
+        x = rng.integers(-3, 4, shape).astype(dtype)  # few values: many ties
+        mask = rng.random(shape) < specials
+        x[mask] = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0], dtype), int(mask.sum()))
+        return x
+    info = np.iinfo(dtype)
+    return rng.choice(np.array([info.min, info.max, 0, 1, 2], dtype), shape)
+
+
+@st.composite
+def cases(draw):
+    g, order, dtype = draw(st.sampled_from(SIGNATURES))
+    k, s, p, d, ceil = GEOMETRIES[g]
+    mode = draw(st.sampled_from(["zeros", "ignore"]))
+    if mode == "ignore":
+        p = tuple(min(pp, kk // 2) for pp, kk in zip(p, k))
+    sizes = [draw(st.integers(1, 11)) for _ in range(3)]
+    lead = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 2)))]
+    try:
+        windows = PoolSpec.create(k, s, p, d, ceil, mode).windows(sizes)
+    except ValueError:  # the windows do not fit: a size every geometry fits
+        sizes = [12, 12, 12]
+        windows = PoolSpec.create(k, s, p, d, ceil, mode).windows(sizes)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = _data(rng, (*lead, *sizes), dtype, draw(st.sampled_from([0.0, 0.05, 0.3])))
+    layout = draw(st.sampled_from(["C", "C", "F", "strided", "moved"]))
+    axes = (x.ndim - 3, x.ndim - 2, x.ndim - 1)
+    if layout == "F":
+        x = np.asfortranarray(x)
+    elif layout == "strided":
+        big = np.zeros([n * 2 for n in x.shape], x.dtype)
+        big[tuple(slice(0, None, 2) for _ in x.shape)] = x
+        x = big[tuple(slice(0, None, 2) for _ in x.shape)]
+    elif layout == "moved":  # pooled axes first in memory, the carried axes last
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, axes, range(3))), range(3), axes)
+    return x, axes, windows, mode, order
+
+
+@settings(max_examples=120, deadline=None)
+@given(cases(), st.integers(0, 99))
+def test_compiled_matches_numpy_bit_for_bit(case, seed):
+    x, axes, windows, mode, order = case
+    pad = 0 if mode == "zeros" else None
+    out_shape = list(x.shape)
+    for a, w in zip(axes, windows):
+        out_shape[a] = w.size_out
+    grad = np.random.default_rng(seed).standard_normal(out_shape).astype(np.float32)
+    grad.flat[::7] = -0.0  # signed zeros keep their bits through the sums
+    ref = _run("numpy", x, axes, windows, pad, order, grad)
+    got = _run("numba", x, axes, windows, pad, order, grad)
+    # One known difference: on a tie of -0.0 and +0.0 the compiled loop keeps the first, as
+    # PyTorch does, where np.maximum may return the second (README, "Semantics").  Codes agree.
+    zeros = (ref[0] == 0) & (got[0] == 0)
+    assert np.array_equal(np.where(zeros, 0, ref[0]), np.where(zeros, 0, got[0]), equal_nan=ref[0].dtype.kind == "f")
+    for a, b in zip(ref[1:], got[1:]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def test_compiled_backward_adds_into_a_carry_buffer():
+    """Not fresh: the streaming engine's carry rows hold partial sums that the kernel adds to."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 8, 7)).astype(np.float32)
+    windows = PoolSpec.create(3, 1, 1).windows(x.shape[1:])
+    mults = maxpool.code_mults(windows, (1, 0, 2))  # the engine's order: slab axis most significant
+    _, codes = tiled.argpool(x, (1, 2, 3), windows, mults)
+    grad = rng.standard_normal(codes.shape).astype(np.float32)
+    start = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for name in ("numpy", "numba"):
+        backend.set_backend(name)
+        results.append(tiled.unpool(grad, codes, (1, 2, 3), windows, mults, start.copy(), lead=1).tobytes())
+    assert results[0] == results[1]
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not importable")
+@pytest.mark.parametrize("g", [0, 1, 2])
+def test_compiled_matches_pytorch(g):
+    import lucid.nn.functional as F
+    from lucid.tensor import Tensor
+
+    k, s, p, d, ceil = GEOMETRIES[g]
+    p = tuple(min(pp, kk // 2) for pp, kk in zip(p, k))  # PyTorch's padding limit
+    rng = np.random.default_rng(1)
+    x = rng.integers(-3, 4, (2, 3, 9, 10, 11)).astype(np.float32)
+    x[0, 0, 1, 1, 1] = np.nan
+    x[1, 2, 3, :, 4] = np.inf
+    backend.set_backend("numba")
+    t = Tensor(x.copy(), requires_grad=True)
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    y, idx = F.max_pool3d(t, return_indices=True, padding_mode="ignore", **kw)
+    grad = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(Tensor(grad))
+    tx = torch.tensor(x, requires_grad=True)
+    ty, tidx = torch.nn.functional.max_pool3d(tx, return_indices=True, **kw)
+    ty.backward(torch.tensor(grad))
+    assert y.data.tobytes() == ty.detach().numpy().tobytes()
+    assert np.array_equal(idx.data, tidx.numpy())
+    assert t.grad.data.tobytes() == tx.grad.numpy().tobytes()
+
+
+_PROGRAM = """
+import sys, warnings, numpy as np
+from lucid.kernels import backend, maxpool, tiled
+from lucid.kernels.windows import PoolSpec
+x = np.arange(64, dtype=np.float32).reshape(4, 4, 4)
+w = PoolSpec.create(2, 2, 0).windows(x.shape)
+m = maxpool.code_mults(w)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    for _ in range(2):
+        v, c = tiled.argpool(x, (0, 1, 2), w, m)
+        g = tiled.unpool(np.ones_like(v), c, (0, 1, 2), w, m, np.empty_like(x), lead=0, fresh=True)
+print(len(caught), str(caught[0].message) if caught else '')
+print(v.ravel().tolist(), int(g.sum()))
+print('numba' in sys.modules)
+"""
+_HIDE_NUMBA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'numba' or name.startswith('numba.'):
+            raise ImportError('numba hidden by the test')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def _child(code: str, **env) -> list[str]:
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def test_falls_back_to_numpy_with_one_warning_when_numba_is_hidden():
+    count, values, imported = _child(_HIDE_NUMBA + _PROGRAM, LUCID_KERNELS="numba")
+    assert count.startswith("1 ") and "using the numpy kernels" in count and "numba hidden" in count
+    assert values == str([21.0, 23.0, 29.0, 31.0, 53.0, 55.0, 61.0, 63.0]) + " 8"
+    assert imported == "False"
+
+
+def test_numpy_backend_never_imports_numba():
+    assert _child(_PROGRAM, LUCID_KERNELS="numpy")[-1] == "False"
+
+
+def test_auto_keeps_numpy_for_small_work_and_switches_after_the_crossover(tmp_path):
+    assert _child(_PROGRAM, LUCID_KERNELS="auto")[-1] == "False"  # microseconds of work: numba never loads
+    switch = _PROGRAM.replace("from lucid.kernels.windows", "backend.CROSSOVER_SECONDS = 0\nfrom lucid.kernels.windows")
+    assert _child(switch, LUCID_KERNELS="auto", NUMBA_CACHE_DIR=str(tmp_path))[-1] == "True"
+
+
+def test_values_only_pooling_never_imports_numba():
+    code = ("import sys, numpy as np\nfrom lucid.kernels import backend, tiled\n"
+            "from lucid.kernels.windows import PoolSpec\n"
+            "backend.CROSSOVER_SECONDS = 0\nx = np.zeros((64, 64, 64), np.float32)\n"
+            "tiled.pool(x, (0, 1, 2), PoolSpec.create(2, 2, 0).windows(x.shape))\nprint('numba' in sys.modules)")
+    assert _child(code, LUCID_KERNELS="numba") == ["False"]
+
+
+def test_compiling_is_announced_once_per_geometry(tmp_path):
+    run = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LUCID_KERNELS": "numba", "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("lucid: compiling") == 2  # forward and backward, not once per call
+    again = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "LUCID_KERNELS": "numba", "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert "compiling" not in again.stderr  # cached for this install
+
+
+def test_cache_dir_from_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert backend.cache_dir() == tmp_path / "lucid" / "numba"
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "own"))
+    assert backend.cache_dir() == tmp_path / "own"
+
+
+def test_unwritable_cache_dir_falls_back_to_numpy(tmp_path):
+    """A path under a regular file cannot be created, even by root (a read-only mode can be)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    count, values, imported = _child(_PROGRAM, LUCID_KERNELS="numba", NUMBA_CACHE_DIR=str(blocker / "numba"))
+    assert count.startswith("1 ") and "not writable" in count
+    assert imported == "False"
+
+
+def test_read_only_package_dir_still_caches_in_the_user_cache(tmp_path):
+    """An install whose package directory cannot be written (site-packages as another user) caches elsewhere."""
+    import shutil
+
+    import lucid
+
+    package = tmp_path / "site" / "lucid"
+    shutil.copytree(os.path.dirname(lucid.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(tmp_path / "site"):
+        os.chmod(root, 0o555)
+    try:
+        env = {"PYTHONPATH": str(tmp_path / "site"), "LUCID_KERNELS": "numba", "XDG_CACHE_HOME": str(tmp_path / "c"),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        env_clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        run = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=300,
+                             env={**env_clean, **env})
+    finally:
+        for root, dirs, files in os.walk(tmp_path / "site"):
+            os.chmod(root, 0o755)
+    assert run.returncode == 0, run.stderr
+    count, values, imported = run.stdout.splitlines()
+    assert count.startswith("0") and imported == "True"
+    assert list((tmp_path / "c" / "lucid" / "numba").rglob("*.nbi"))  # numba's index, in the user cache
+
+
+def test_backend_names_and_the_thread_override():
+    with pytest.raises(ValueError, match="numba, numpy"):
+        backend.set_backend("fortran")
+    backend.set_backend("numba")
+    with backend.kernels("numpy"):
+        assert backend.backend() == "numpy"
+        with backend.kernels(None):
+            assert backend.backend() == "numpy"
+    assert backend.backend() == "numba"
+
+
+def test_memory_plan_counts_numba_only_when_the_budget_holds_it():
+    from lucid.stream.plan import plan_slabs
+
+    spec = PoolSpec.create(2, 2, 0)
+    args = dict(slab_axis=0, in_itemsize=4, out_itemsize=4, backward=True)
+    big = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=1 << 30, **args)
+    assert big.numba_bytes == backend.NUMBA_RSS_BYTES and big.slab_bytes <= 1 << 30
+    small = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=64 << 20, **args)
+    assert small.numba_bytes == 0 and small.slab_bytes <= 64 << 20  # the run keeps the numpy kernels
+    forward = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=1 << 30, slab_axis=0, in_itemsize=4,
+                         out_itemsize=4)
+    assert forward.numba_bytes == 0  # values only: numpy kernels, no numba
