@@ -99,7 +99,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="skip the 256^3 shape")
     parser.add_argument("--dtypes", action="store_true", help="also float64, int16 and uint8 on 128^3")
+    parser.add_argument("--busy", action="store_true",
+                        help="run beside a busy loop in another process (a shared machine's other tenant)")
     args = parser.parse_args()
+    if args.busy:
+        import atexit
+        import subprocess
+        import sys
+
+        loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        atexit.register(loop.kill)
+        print("beside a busy loop in another process (one core of two taken)\n")
     import torch
 
     if not backend.preload():

@@ -92,7 +92,7 @@ def cases(draw):
     return x, axes, windows, mode, order
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(cases(), st.integers(0, 99))
 def test_compiled_matches_numpy_bit_for_bit(case, seed):
     x, axes, windows, mode, order = case
@@ -201,8 +201,11 @@ def test_numpy_backend_never_imports_numba():
 
 def test_auto_keeps_numpy_for_small_work_and_switches_after_the_crossover(tmp_path):
     assert _child(_PROGRAM, LUCID_KERNELS="auto")[-1] == "False"  # microseconds of work: numba never loads
-    switch = _PROGRAM.replace("from lucid.kernels.windows", "backend.CROSSOVER_SECONDS = 0\nfrom lucid.kernels.windows")
-    assert _child(switch, LUCID_KERNELS="auto", NUMBA_CACHE_DIR=str(tmp_path))[-1] == "True"
+    switch = _PROGRAM.replace("from lucid.kernels.windows",
+                              "backend.CROSSOVER_SECONDS = 1e-9\nfrom lucid.kernels.windows")
+    count, values, imported = _child(switch, LUCID_KERNELS="auto", NUMBA_CACHE_DIR=str(tmp_path))
+    assert imported == "True" and count == "0 "  # the second calls ran compiled, with no warning
+    assert values == str([21.0, 23.0, 29.0, 31.0, 53.0, 55.0, 61.0, 63.0]) + " 8"
 
 
 def test_values_only_pooling_never_imports_numba():

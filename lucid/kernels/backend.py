@@ -4,11 +4,12 @@
 
 - ``numpy``: the reference kernels (``lucid.kernels.maxpool``) only; numba is never imported.
 - ``numba``: the compiled loops (``lucid.kernels.compiled``) wherever they apply.
-- ``auto``: the numpy kernels until this process has spent ``CROSSOVER_SECONDS``
-  in work the compiled loops would do, then the compiled loops.  Loading
-  numba costs a process about 0.6 s and 115 MB (more on the first run after
-  an install, which compiles), so a small volume never pays it, and a long
-  run or a training loop pays it once, after at most that much time.
+- ``auto``: for each window geometry, the numpy kernels until this process
+  has spent ``CROSSOVER_SECONDS`` on it in work the compiled loops would do,
+  then the compiled loops.  Loading numba costs a process about 1 s and
+  120 MB, and a geometry's first compile a few seconds per install, so a
+  small volume never pays them, and a long run or a training loop pays them
+  once, after at most that much time.  ``preload()`` skips the wait.
 
 Values-only pooling always runs the numpy kernels: they are at memory speed
 already.  When numba cannot be imported, or its cache directory is not
@@ -43,7 +44,8 @@ _choice: str | None = None
 _local = threading.local()  # a per-thread override: kernels("numpy") for runs whose budget cannot hold numba
 _module = None  # lucid.kernels.compiled, once loaded
 _failed = False
-_numpy_seconds = 0.0  # spent by the numpy kernels on work the compiled loops could do
+_preloaded = False  # preload(): "auto" runs compiled from the first call
+_numpy_seconds: dict[tuple, float] = {}  # per kernel and geometry: numpy time on work the compiled loops could do
 _launch = threading.Lock()  # numba's workqueue layer aborts on two launches at once: one at a time
 
 
@@ -134,7 +136,9 @@ def loaded() -> bool:
 def preload() -> bool:
     """Load numba now (unless the backend is ``numpy``): for a process that knows it will run
     long, so ``auto`` uses the compiled loops from the first call.  Returns whether they loaded."""
-    return backend() != "numpy" and _load() is not None
+    global _preloaded
+    _preloaded = backend() != "numpy" and _load() is not None
+    return _preloaded
 
 
 def applies(dtype: np.dtype, windows: Windows, forward: bool = False) -> bool:
@@ -158,24 +162,33 @@ def _chosen(dtype, windows: Windows, forward: bool = False):
     name = backend()
     if name == "numpy" or _failed or not applies(dtype, windows, forward):
         return None
-    if name == "auto" and _module is None and _numpy_seconds < CROSSOVER_SECONDS:
-        return None
+    if name == "auto" and not _preloaded:
+        if _numpy_seconds.get(_geometry(windows, forward), 0.0) < CROSSOVER_SECONDS:
+            return None
     return _load()
 
 
+def _geometry(windows: Windows, forward: bool) -> tuple:
+    return forward, tuple((w.kernel, w.stride, w.dilation) for w in windows)
+
+
 class numpy_time:
-    """Times numpy work the compiled loops could have done (the ``auto`` rule counts it)."""
+    """Times numpy work the compiled loops could have done (the ``auto`` rule counts it).
+
+    Per kernel and window geometry, because each geometry compiles its own
+    loop (seconds, on a cold cache): a process that tries many shapes once
+    each, a test suite or a notebook, never compiles them all."""
 
     def __init__(self, dtype, windows: Windows, forward: bool = False):
-        self.counts = backend() == "auto" and _module is None and not _failed and applies(dtype, windows, forward)
+        self.key = _geometry(windows, forward)
+        self.counts = backend() == "auto" and not _failed and applies(dtype, windows, forward)
 
     def __enter__(self):
         self.start = time.perf_counter()
 
     def __exit__(self, *exc):
-        global _numpy_seconds
         if self.counts:
-            _numpy_seconds += time.perf_counter() - self.start
+            _numpy_seconds[self.key] = _numpy_seconds.get(self.key, 0.0) + time.perf_counter() - self.start
 
 
 def _threads(threads: int | None) -> None:
