@@ -291,3 +291,21 @@ def test_memory_plan_counts_numba_only_when_the_budget_holds_it():
     forward = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=1 << 30, slab_axis=0, in_itemsize=4,
                          out_itemsize=4)
     assert forward.numba_bytes == 0  # values only: numpy kernels, no numba
+
+
+@pytest.mark.parametrize("g", [1, 2])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_streaming_engine_with_compiled_kernels_equals_numpy(g, rows):
+    """Slabs, carry rows and the engine's axis priority: the same bits with either kernels."""
+    from tests.test_stream_engine import _stream
+
+    k, s, p, d, ceil = GEOMETRIES[g]
+    spec = PoolSpec.create(k, s, p, d, ceil, "zeros")
+    rng = np.random.default_rng(rows)
+    x = rng.integers(-3, 4, (2, 11, 12, 10)).astype(np.float32)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    results = []
+    for name in ("numpy", "numba"):
+        backend.set_backend(name)
+        results.append([a.tobytes() for a in _stream(x, spec, rows)])
+    assert results[0] == results[1]
