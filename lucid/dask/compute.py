@@ -47,17 +47,13 @@ def backward_gradient(data: np.ndarray, grad: np.ndarray | None, block: Block, m
     if block.empty:
         return np.zeros(shape_of(block.own_box), dtype)
     with _task_kernels():
-        return _backward_gradient(data, grad, block, mults, lead, pad_value, dtype, order)
-
-
-def _backward_gradient(data, grad, block: Block, mults, lead: int, pad_value, dtype, order: Order) -> np.ndarray:
-    _, codes = tiled.argpool(data, block.pooled, block.windows, mults, pad_value, order, threads=1)
-    buffer = maxpool.empty_like_layout(data, shape_of(block.rows_box), dtype)
-    buffer[...] = 0
-    values = maxpool.empty_like_layout(codes, codes.shape, dtype)
-    if grad is None:
-        values[...] = 1
-    else:
-        np.copyto(values, grad, casting="unsafe")
-    tiled.unpool(values, codes, block.pooled, block.scatter_windows, mults, buffer, lead=lead, threads=1)
-    return np.ascontiguousarray(buffer[block.keep()])
+        _, codes = tiled.argpool(data, block.pooled, block.windows, mults, pad_value, order, threads=1)
+        buffer = maxpool.empty_like_layout(data, shape_of(block.rows_box), dtype)
+        buffer[...] = 0
+        values = maxpool.empty_like_layout(codes, codes.shape, dtype)
+        if grad is None:
+            values[...] = 1
+        else:
+            np.copyto(values, grad, casting="unsafe")
+        tiled.unpool(values, codes, block.pooled, block.scatter_windows, mults, buffer, lead=lead, threads=1)
+        return np.ascontiguousarray(buffer[block.keep()])

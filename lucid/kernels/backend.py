@@ -49,12 +49,16 @@ _numpy_seconds: dict[tuple, float] = {}  # per kernel and geometry: numpy time o
 _launch = threading.Lock()  # numba's workqueue layer aborts on two launches at once: one at a time
 
 
+def _checked(name: str | None) -> str | None:
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
 def set_backend(name: str | None) -> None:
     """Choose the kernels for this process (None: back to ``LUCID_KERNELS``)."""
     global _choice
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    _choice = name
+    _choice = _checked(name)
 
 
 def backend() -> str:
@@ -65,10 +69,8 @@ def backend() -> str:
 @contextlib.contextmanager
 def kernels(name: str | None):
     """Use ``name``'s kernels in this thread for the duration (None: no change)."""
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     before = getattr(_local, "name", None)
-    _local.name = name or before
+    _local.name = _checked(name) or before
     try:
         yield
     finally:
@@ -129,10 +131,6 @@ def _load():
     return compiled
 
 
-def loaded() -> bool:
-    return _module is not None
-
-
 def preload() -> bool:
     """Load numba now (unless the backend is ``numpy``): for a process that knows it will run
     long, so ``auto`` uses the compiled loops from the first call.  Returns whether they loaded."""
@@ -163,13 +161,14 @@ def _chosen(dtype, windows: Windows, forward: bool = False):
     if name == "numpy" or _failed or not applies(dtype, windows, forward):
         return None
     if name == "auto" and not _preloaded:
-        if _numpy_seconds.get(_geometry(windows, forward), 0.0) < CROSSOVER_SECONDS:
+        if _numpy_seconds.get((forward, _geometry(windows)), 0.0) < CROSSOVER_SECONDS:
             return None
     return _load()
 
 
-def _geometry(windows: Windows, forward: bool) -> tuple:
-    return forward, tuple((w.kernel, w.stride, w.dilation) for w in windows)
+def _geometry(windows: Windows) -> tuple:
+    """What a compiled loop is made for: (kernels, strides, dilations), one per axis each."""
+    return tuple(tuple(getattr(w, f) for w in windows) for f in ("kernel", "stride", "dilation"))
 
 
 class numpy_time:
@@ -180,7 +179,7 @@ class numpy_time:
     each, a test suite or a notebook, never compiles them all."""
 
     def __init__(self, dtype, windows: Windows, forward: bool = False):
-        self.key = _geometry(windows, forward)
+        self.key = (forward, _geometry(windows))
         self.counts = backend() == "auto" and not _failed and applies(dtype, windows, forward)
 
     def __enter__(self):
@@ -243,8 +242,7 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
     mod = _chosen(x.dtype, windows, forward=True)
     if mod is None:
         return False
-    geometry = tuple(tuple(getattr(w, f) for w in windows) for f in ("kernel", "stride", "dilation"))
-    key = ("argpool", *geometry, tuple(mults), order is MIN)
+    key = ("argpool", *_geometry(windows), tuple(mults), order is MIN)
     kernel = mod.argpool_kernel(*key[1:])
     tables = [mod.tap_table(w, pad_value is not None) for w in windows]
     interior = np.array([_interior(w) for w in windows], np.int64)
@@ -267,7 +265,7 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, th
         return False
     axes_p = tuple(axes[r] for r in priority)
     wins = [windows[r] for r in priority]
-    geometry = tuple(tuple(getattr(w, f) for w in wins) for f in ("kernel", "stride", "dilation"))
+    geometry = _geometry(wins)
     kernel = mod.unpool_kernel(*geometry)
     pads = np.array([w.pad for w in wins], np.int64)
     with _launch:

@@ -71,14 +71,6 @@ def run(
     a gradient map counts how many windows chose each voxel.  Sinks are written
     but not committed: the caller commits or aborts them.
     """
-    # a plan whose budget cannot hold numba's own memory runs the numpy kernels
-    with backend.kernels("numpy" if not plan.numba_bytes and backend.backend() == "auto" else None):
-        return _run(source, plan, out, grad_out, indices_out, grad_in, pad_value, order, out_dtype, grad_dtype,
-                    threads, progress, check_padding)
-
-
-def _run(source, plan, out, grad_out, indices_out, grad_in, pad_value, order, out_dtype, grad_dtype, threads,
-         progress, check_padding) -> EngineStats:
     stats = EngineStats()
     start = time.perf_counter()
     out_dtype = np.dtype(out_dtype or source.dtype)
@@ -143,42 +135,45 @@ def _run(source, plan, out, grad_out, indices_out, grad_in, pad_value, order, ou
         t.start()
     carry = _Carry(plan, grad_out, emit, grad_dtype) if grad_out is not None else None
     total = plan.job_count
+    # a plan whose budget cannot hold numba's own memory runs the numpy kernels
+    kernels = "numpy" if not plan.numba_bytes and backend.backend() == "auto" else None
     try:
-        while True:
-            job = get(inbox)
-            if job is _DONE:
-                break
-            if isinstance(job, BaseException):
-                raise job
-            stats.bytes_read += job.data.nbytes
-            windows = plan.local_windows(job.slab)
-            out_key = plan.box(job.outer, job.slab.out_rows, plan.out_shape)
-            if need_codes:
-                values, codes = tiled.argpool(job.data, plan.pooled, windows, mults, pad_value, order, threads)
-            else:
-                values = tiled.pool(job.data, plan.pooled, windows, pad_value, order, threads)
-            if check_padding and pad_value is not None and not stats.padding_won:
-                stats.padding_won = _padding_won(job.data, plan.pooled, windows, pad_value, order, values)
-            if out is not None:
-                emit(out, out_key, _cast(values, out_dtype, out))
-            if indices_out is not None:
-                origin = [0, 0, 0]
-                origin[plan.slab_r] = job.slab.in_rows[0]
-                emit(indices_out, out_key, maxpool.flat_indices(codes, plan.pooled, windows, mults, origin, sizes))
+        with backend.kernels(kernels):
+            while True:
+                job = get(inbox)
+                if job is _DONE:
+                    break
+                if isinstance(job, BaseException):
+                    raise job
+                stats.bytes_read += job.data.nbytes
+                windows = plan.local_windows(job.slab)
+                out_key = plan.box(job.outer, job.slab.out_rows, plan.out_shape)
+                if need_codes:
+                    values, codes = tiled.argpool(job.data, plan.pooled, windows, mults, pad_value, order, threads)
+                else:
+                    values = tiled.pool(job.data, plan.pooled, windows, pad_value, order, threads)
+                if check_padding and pad_value is not None and not stats.padding_won:
+                    stats.padding_won = _padding_won(job.data, plan.pooled, windows, pad_value, order, values)
+                if out is not None:
+                    emit(out, out_key, _cast(values, out_dtype, out))
+                if indices_out is not None:
+                    origin = [0, 0, 0]
+                    origin[plan.slab_r] = job.slab.in_rows[0]
+                    emit(indices_out, out_key, maxpool.flat_indices(codes, plan.pooled, windows, mults, origin, sizes))
+                if carry is not None:
+                    grad = _gradient_like(values, job.grad, grad_dtype, grad_in)
+                    carry.add(job.outer, job.slab, grad, codes, windows, mults, threads, like=job.data)
+                stats.slabs += 1
+                if progress is not None:
+                    progress(stats.slabs, total, stats.bytes_read)
             if carry is not None:
-                grad = _gradient_like(values, job.grad, grad_dtype, grad_in)
-                carry.add(job.outer, job.slab, grad, codes, windows, mults, threads, like=job.data)
-            stats.slabs += 1
-            if progress is not None:
-                progress(stats.slabs, total, stats.bytes_read)
-        if carry is not None:
-            carry.finish()
-        put(outbox, _DONE)
-        threads_[1].join()
-        if errors:
-            raise errors[0]
-        if stop.is_set():
-            raise RuntimeError("the streaming engine stopped early")
+                carry.finish()
+            put(outbox, _DONE)
+            threads_[1].join()
+            if errors:
+                raise errors[0]
+            if stop.is_set():
+                raise RuntimeError("the streaming engine stopped early")
     finally:
         stop.set()
         for t in threads_:
