@@ -139,29 +139,41 @@ def preload() -> bool:
     return _preloaded
 
 
-def applies(dtype: np.dtype, windows: Windows, forward: bool = False) -> bool:
-    """Whether the compiled loops handle this dtype and geometry (and, under ``auto``, win).
+Kind = str  # "pool" (values), "argpool" (values and winners) or "unpool" (the backward)
 
-    The forward loop reads every tap of every window: it beats numpy's
-    separable passes only while windows overlap little.  Measured: 2-8x faster
-    for k=2 s=2 (one tap per input element), 0.7-1.3x for k=3 s=2 (3.4: slower
-    on small volumes, where the padded edges are a large share), 2-3x slower
-    for k=3 s=1 (27).  The backward loop wins on all of them.
+
+def _direct(windows: Windows) -> bool:
+    """Whether windows read so few taps per input element that the direct loop wins."""
+    taps = windows[0].kernel * windows[1].kernel * windows[2].kernel
+    return taps <= FORWARD_TAPS_PER_INPUT * math.prod(w.stride for w in windows)
+
+
+def applies(dtype: np.dtype, windows: Windows, kind: Kind = "unpool") -> bool:
+    """Whether the compiled loops handle this dtype, geometry and kind of work (and, under ``auto``, win).
+
+    Measured against the numpy kernels (float32, 2 threads): the backward
+    wins on every geometry; the direct forward 2-8x for k=2 s=2 (one tap per
+    input element), values or winners; the separable forward with winners
+    1.4-1.9x for k=3 s=2, but 0.7-1.1x for k=3 s=1 on small volumes, where
+    numpy's passes with no stride are at their best.  Values-only pooling of
+    overlapping windows is at memory speed in numpy already.
     """
     dtype = np.dtype(dtype)
     taps = windows[0].kernel * windows[1].kernel * windows[2].kernel
     if not (dtype.kind in "iu" or dtype in (np.float32, np.float64)) or taps > MAX_TAPS:
         return False
-    return not forward or backend() == "numba" or taps <= FORWARD_TAPS_PER_INPUT * math.prod(w.stride for w in windows)
+    if kind == "unpool" or _direct(windows):
+        return True
+    return kind == "argpool" and (backend() == "numba" or math.prod(w.stride for w in windows) > 1)
 
 
-def _chosen(dtype, windows: Windows, forward: bool = False):
+def _chosen(dtype, windows: Windows, kind: Kind):
     """The compiled module when it should run this work, else None."""
     name = backend()
-    if name == "numpy" or _failed or not applies(dtype, windows, forward):
+    if name == "numpy" or _failed or not applies(dtype, windows, kind):
         return None
     if name == "auto" and not _preloaded:
-        if _numpy_seconds.get((forward, _geometry(windows)), 0.0) < CROSSOVER_SECONDS:
+        if _numpy_seconds.get((kind, _geometry(windows)), 0.0) < CROSSOVER_SECONDS:
             return None
     return _load()
 
@@ -178,9 +190,9 @@ class numpy_time:
     loop (seconds, on a cold cache): a process that tries many shapes once
     each, a test suite or a notebook, never compiles them all."""
 
-    def __init__(self, dtype, windows: Windows, forward: bool = False):
-        self.key = (forward, _geometry(windows))
-        self.counts = backend() == "auto" and not _failed and applies(dtype, windows, forward)
+    def __init__(self, dtype, windows: Windows, kind: Kind):
+        self.key = (kind, _geometry(windows))
+        self.counts = backend() == "auto" and not _failed and applies(dtype, windows, kind)
 
     def __enter__(self):
         self.start = time.perf_counter()
@@ -190,9 +202,14 @@ class numpy_time:
             _numpy_seconds[self.key] = _numpy_seconds.get(self.key, 0.0) + time.perf_counter() - self.start
 
 
-def _threads(threads: int | None) -> None:
-    import numba
+def _numba():
+    import numba  # loaded already, by _load()
 
+    return numba
+
+
+def _threads(threads: int | None) -> None:
+    numba = _numba()
     numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, threads or numba.config.NUMBA_NUM_THREADS)))
 
 
@@ -237,28 +254,48 @@ def _views(arrays, axes: Axes):
     return [[m[i][None] for m in moved] for i in np.ndindex(*moved[0].shape[:-3])]
 
 
+SCRATCH_BYTES = 256 << 10  # the separable forward's rows per task: they stay in L2
+
+
 def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order: Order, out, threads) -> bool:
-    """Fill ``out`` (values, codes) with the compiled forward; False when it should not run here."""
-    mod = _chosen(x.dtype, windows, forward=True)
+    """Fill ``out`` (values, codes; codes None for values only) with a compiled forward;
+    False when it should not run here."""
+    values, codes = out
+    winners = codes is not None
+    mod = _chosen(x.dtype, windows, "argpool" if winners else "pool")
     if mod is None:
         return False
-    key = ("argpool", *_geometry(windows), tuple(mults), order is MIN)
-    kernel = mod.argpool_kernel(*key[1:])
+    direct = _direct(windows)
+    mults = tuple(mults) if winners else code_mults(windows)  # values only: any, the same each time
+    key = ("argpool" if direct else "separable", *_geometry(windows), mults, order is MIN, winners)
+    kernel = (mod.argpool_kernel if direct else mod.separable_kernel)(*key[1:])
     tables = [mod.tap_table(w, pad_value is not None) for w in windows]
-    interior = np.array([_interior(w) for w in windows], np.int64)
     pads = np.array([w.pad for w in windows], np.int64)
     pad = x.dtype.type(0 if pad_value is None else pad_value)
+    if codes is None:
+        codes = np.empty((1, 1, 1, 1), np.uint8)  # not touched
+    views = (_views((x, values, codes), axes) if winners
+             else [(xv, vv, codes) for xv, vv in _views((x, values), axes)])
     with _launch:
         _threads(threads)
-        _compiling((key, x.dtype.str, out[1].dtype.str))
-        for xv, vv, cv in _views((x, *out), axes):
-            kernel(xv, vv, cv, *tables, interior, pads, pad)
+        _compiling((key, x.dtype.str, codes.dtype.str))
+        for xv, vv, cv in views:
+            if direct:
+                interior = np.array([_interior(w) for w in windows], np.int64)
+                kernel(xv, vv, cv, *tables, interior, pads, pad)
+            else:
+                h, w = windows[1], windows[2]
+                row_bytes = xv.shape[-1] * (xv.itemsize + 4)
+                band = max(1, (SCRATCH_BYTES // row_bytes - h.span) // h.stride + 1)
+                tasks = vv.shape[0] * vv.shape[1] * -(-vv.shape[2] // band)
+                chunks = min(tasks, 8 * _numba().get_num_threads())  # a few per thread: balance
+                kernel(xv, vv, cv, *tables, np.array(_interior(w), np.int64), pads, pad, band, chunks)
     return True
 
 
 def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, threads, fresh: bool) -> bool:
     """Add ``grad`` into ``out`` at the winners with the compiled loops; False when they should not run here."""
-    mod = _chosen(out.dtype, windows)
+    mod = _chosen(out.dtype, windows, "unpool")
     priority = sorted(range(3), key=lambda r: -mults[r])
     if (mod is None or tuple(mults) != code_mults(windows, priority)
             or any(out.shape[a] != w.size_in for a, w in zip(axes, windows))):
@@ -271,13 +308,11 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, th
     with _launch:
         _threads(threads)
         _compiling(("unpool", *geometry, grad.dtype.str, out.dtype.str, codes.dtype.str))
-        if fresh:
-            out[...] = 0
         for gv, cv, ov in _views((grad, codes, out), axes_p):
             # Tasks own rows along the most significant axis, TILE_BYTES of ``out`` each: measured
             # 4x faster than one task over 8 MiB (2x from threads, the rest from the cache).
             # Each task replays the outputs of about span/stride rows beyond the ones it owns.
             row_bytes = max(1, ov[0, 0].nbytes)
             rows = max(wins[0].span, min(ov.shape[1], TILE_BYTES // row_bytes))
-            kernel(gv, cv, ov, pads, rows)
+            kernel(gv, cv, ov, pads, rows, fresh)
     return True

@@ -82,14 +82,17 @@ def _out_shape(x: np.ndarray, axes: Axes, windows: Windows) -> list[int]:
 
 
 def pool(x: np.ndarray, axes: Axes, windows: Windows, pad_value=0, order: Order = MAX, threads=None) -> np.ndarray:
-    """Values-only max pooling of any array, tiled."""
+    """Values-only max pooling of any array, tiled (or compiled: ``lucid.kernels.backend``)."""
     maxpool.check_dtype(x.dtype)
     out = maxpool.empty_like_layout(x, _out_shape(x, axes, windows), x.dtype)
+    if backend.argpool(x, axes, windows, None, pad_value, order, (out, None), threads):
+        return out
     tasks = [
         (lambda i=i, o=o, w=w: maxpool.pool(x[i], axes, w, pad_value, order, out=out[o]))
         for i, o, w in _forward_tiles(x, axes, windows)
     ]
-    _run(tasks, threads)
+    with backend.numpy_time(x.dtype, windows, "pool"):
+        _run(tasks, threads)
     return out
 
 
@@ -106,7 +109,7 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value=0, ord
         (lambda i=i, o=o, w=w: maxpool.argpool(x[i], axes, w, mults, pad_value, order, out=(out[o], codes[o])))
         for i, o, w in _forward_tiles(x, axes, windows)
     ]
-    with backend.numpy_time(x.dtype, windows, forward=True):
+    with backend.numpy_time(x.dtype, windows, "argpool"):
         _run(tasks, threads)
     return out, codes
 
@@ -124,7 +127,7 @@ def unpool(grad, codes, axes: Axes, windows: Windows, mults, out: np.ndarray, le
     """
     if backend.unpool(grad, codes, axes, windows, mults, out, threads, fresh):
         return out
-    with backend.numpy_time(out.dtype, windows):
+    with backend.numpy_time(out.dtype, windows, "unpool"):
         return _unpool(grad, codes, axes, windows, mults, out, lead, threads, fresh)
 
 
