@@ -286,18 +286,38 @@ def test_backend_names_and_the_thread_override():
     assert backend.backend() == "numba"
 
 
-def test_memory_plan_counts_numba_only_when_the_budget_holds_it():
+def test_memory_plan_counts_numba_for_big_runs_when_the_budget_holds_it():
     from lucid.stream.plan import plan_slabs
 
-    spec = PoolSpec.create(2, 2, 0)
-    args = dict(slab_axis=0, in_itemsize=4, out_itemsize=4, backward=True)
-    big = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=1 << 30, **args)
+    def plan(shape, k=2, s=2, p=0, limit=1 << 30, **kw):
+        args = dict(slab_axis=0, in_itemsize=2, out_itemsize=2, memory_limit=limit)
+        return plan_slabs(shape, (0, 1, 2), PoolSpec.create(k, s, p), **{**args, **kw})
+
+    huge = (1024, 1024, 1024)  # 2 GiB of int16: above backend.RUN_CROSSOVER_BYTES
+    big = plan(huge, backward=True)
     assert big.numba_bytes == backend.NUMBA_RSS_BYTES and big.slab_bytes <= 1 << 30
-    small = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=64 << 20, **args)
-    assert small.numba_bytes == 0 and small.slab_bytes <= 64 << 20  # the run keeps the numpy kernels
-    forward = plan_slabs((256, 256, 256), (0, 1, 2), spec, memory_limit=1 << 30, slab_axis=0, in_itemsize=4,
-                         out_itemsize=4)
-    assert forward.numba_bytes == 0  # values only: numpy kernels, no numba
+    tight = plan(huge, backward=True, limit=64 << 20)
+    assert tight.numba_bytes == 0 and tight.slab_bytes <= 64 << 20  # the run keeps the numpy kernels
+    assert plan(huge).numba_bytes == backend.NUMBA_RSS_BYTES  # values only, k=2 s=2: the direct loop
+    assert plan(huge, 3, 2, 1).numba_bytes == 0  # values only, overlapping: numpy at memory speed
+    small = plan((256, 256, 256), backward=True)  # 32 MiB: loading numba would cost more than it saves
+    assert small.numba_bytes == 0
+    backend.set_backend("numba")
+    assert plan((256, 256, 256), backward=True).numba_bytes == backend.NUMBA_RSS_BYTES
+    backend.set_backend("numpy")
+    assert plan(huge, backward=True).numba_bytes == 0
+
+
+@pytest.mark.parametrize("crossover, loaded", [(0, "True"), (1 << 40, "False")])
+def test_a_streamed_run_loads_numba_only_when_it_is_big_enough(tmp_path, crossover, loaded):
+    """The CLI's streaming run decides from its size: numba from the first slab, or never."""
+    code = ("import sys\nfrom lucid.kernels import backend\n"
+            f"backend.RUN_CROSSOVER_BYTES = {crossover}\n"
+            "from lucid_cli.main import main\n"
+            f"main(['pool3d', 'sample_data/ct_phantom.nii.gz', '{tmp_path / 'out.nii.gz'}', '-k', '2', "
+            f"'--grad-out', '{tmp_path / 'grad.nii.gz'}'], standalone_mode=False)\n"
+            "print('numba' in sys.modules)")
+    assert _child(code, LUCID_KERNELS="auto")[-1] == loaded
 
 
 @pytest.mark.parametrize("g", [1, 2])

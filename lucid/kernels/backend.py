@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -35,6 +36,10 @@ from lucid.kernels.maxpool import MIN, Axes, Order, Windows, _interior, code_mul
 
 BACKENDS = ("auto", "numba", "numpy")
 CROSSOVER_SECONDS = 1.0  # numpy time after which "auto" loads numba: about what loading it costs
+# A streamed run of this much input loads numba from its first slab under "auto": the numpy kernels
+# take 1-4 s per GiB on a forward and backward, so the compiled ones (1.2-2x faster there) save
+# about what loading numba costs (1 s) from here on.
+RUN_CROSSOVER_BYTES = 1 << 30
 NUMBA_RSS_BYTES = 130 << 20  # what numba and the loaded kernels add to a process (measured 115 MB)
 TILE_BYTES = 2 << 20  # output rows per backward task: they stay in L2/L3
 MAX_TAPS = 125  # taps per window the compiled loops unroll; bigger kernels run numpy's separable passes
@@ -78,10 +83,22 @@ def kernels(name: str | None):
 
 
 def may_load_numba() -> bool:
-    """Whether this process may load numba for a backward (a memory plan counts its RSS then)."""
+    """Whether this process may load numba at all."""
     if backend() == "numpy" or _failed:
         return False
     return _module is not None or importlib.util.find_spec("numba") is not None
+
+
+def for_run(windows: Windows, kinds: Sequence[Kind], input_bytes: int) -> bool:
+    """Whether a streamed run of ``input_bytes`` should load numba for ``kinds`` of work
+    (its memory plan then counts ``NUMBA_RSS_BYTES``, and the engine preloads).
+
+    ``auto``: only runs of at least ``RUN_CROSSOVER_BYTES``.  A slab-by-slab run
+    knows its size up front, so it decides once instead of after 1 s of numpy
+    time: a small volume never loads numba and its memory estimate says so."""
+    if not may_load_numba() or not any(applies(np.float32, windows, kind) for kind in kinds):
+        return False
+    return backend() == "numba" or input_bytes >= RUN_CROSSOVER_BYTES
 
 
 def cache_dir() -> Path:

@@ -135,8 +135,11 @@ def run(
         t.start()
     carry = _Carry(plan, grad_out, emit, grad_dtype) if grad_out is not None else None
     total = plan.job_count
-    # a plan whose budget cannot hold numba's own memory runs the numpy kernels
-    kernels = "numpy" if not plan.numba_bytes and backend.backend() == "auto" else None
+    # The plan decided (``backend.for_run``): numba from the first slab, or the numpy kernels
+    # (a small run, or a budget that cannot hold numba's own memory).
+    kernels = None
+    if backend.backend() == "auto":
+        kernels = "auto" if plan.numba_bytes and backend.preload() else "numpy"
     try:
         with backend.kernels(kernels):
             while True:

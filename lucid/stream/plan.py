@@ -54,7 +54,7 @@ class Plan:
     slabs: tuple[Slab, ...]
     slab_bytes: int  # estimated peak bytes of the slab buffers, the reader's included
     cache_bytes: int = 0  # what the reader's chunk cache may hold: one input slab, counted in slab_bytes
-    numba_bytes: int = 0  # numba's RSS, counted in slab_bytes; 0: the budget cannot hold it, run the numpy kernels
+    numba_bytes: int = 0  # numba's RSS, counted in slab_bytes; 0: the run keeps the numpy kernels
 
     @property
     def slab_axis(self) -> int:
@@ -152,9 +152,11 @@ def plan_slabs(
     edge_planes = sum(x.size_out - (hi - lo) for x in windows for lo, hi in [_interior(x)])
     tap_tables = taps * (16 + edge_planes) if backward or indices else 0
 
-    # The compiled kernels (backward and indices only) load numba, whose own RSS the budget
-    # must hold; when it cannot, the run keeps the numpy kernels instead of failing.
-    numba_bytes = backend.NUMBA_RSS_BYTES if (backward or indices) and backend.may_load_numba() else 0
+    # The compiled kernels load numba, whose own RSS the budget must hold; when it cannot,
+    # or the run is too small to gain from them, the run keeps the numpy kernels.
+    kinds = ("argpool", "unpool") if backward or indices else ("pool",)
+    compiled = backend.for_run(windows, kinds, math.prod(shape) * in_itemsize)
+    numba_bytes = backend.NUMBA_RSS_BYTES if compiled else 0
 
     def estimate(rows: int) -> int:
         in_rows = min(w.size_in, (rows - 1) * w.stride + w.span)
