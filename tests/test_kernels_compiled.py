@@ -93,11 +93,13 @@ def cases(draw):
     return x, axes, windows, mode, order
 
 
-@settings(max_examples=50, deadline=None)
-@given(cases(), st.integers(0, 99), st.permutations((0, 1, 2)))
+# derandomize: each (geometry, dtype, layout, priority) compiles its own kernels, so the same
+# examples every run let numba's cache serve a second run (a random draw compiled 32 new ones)
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(cases(), st.integers(0, 99), st.sampled_from([(0, 1, 2), (2, 0, 1)]))
 def test_compiled_matches_numpy_bit_for_bit(case, seed, priority):
-    """Values (with winners, and values only), codes in any axis priority (the streaming
-    engine's), and gradients; both compiled forwards (direct and separable) are drawn."""
+    """Values (with winners, and values only), codes row-major or in a streaming engine's
+    priority (slabs along w), and gradients; both compiled forwards (direct, separable) are drawn."""
     x, axes, windows, mode, order = case
     pad = 0 if mode == "zeros" else None
     out_shape = list(x.shape)
@@ -231,6 +233,29 @@ def test_compiling_is_announced_once_per_geometry(tmp_path):
     again = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "LUCID_KERNELS": "numba", "NUMBA_CACHE_DIR": str(tmp_path)})
     assert "compiling" not in again.stderr  # cached for this install
+
+
+_SEPARABLE = """
+import numpy as np
+from lucid.kernels import backend, compiled, maxpool, tiled
+from lucid.kernels.windows import PoolSpec
+x = np.random.default_rng(0).standard_normal((9, 9, 9)).astype(np.float32)
+w = PoolSpec.create(3, 2, 1).windows(x.shape)
+m = maxpool.code_mults(w)
+v, c = tiled.argpool(x, (0, 1, 2), w, m)
+tiled.unpool(np.ones_like(v), c, (0, 1, 2), w, m, np.empty_like(x), lead=0, fresh=True)
+g = backend._geometry(w)
+kernels = [compiled.separable_kernel(*g, m, False, True), compiled.unpool_kernel(*g)]
+print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
+"""
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache(tmp_path):
+    """Each process must find the kernels compiled by an earlier one (a closure over numba
+    functions once missed the cache every time: 8 s per process)."""
+    env = dict(LUCID_KERNELS="numba", NUMBA_CACHE_DIR=str(tmp_path))
+    assert _child(_SEPARABLE, **env)[-1] == "2 0"  # compiled: forward and backward
+    assert _child(_SEPARABLE, **env)[-1] == "0 2"  # loaded
 
 
 def test_cache_dir_from_xdg(monkeypatch, tmp_path):

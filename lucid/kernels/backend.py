@@ -137,6 +137,8 @@ def _load():
         _fallback(f"numba cache directory {where} is not writable")
         return None
     os.environ["NUMBA_CACHE_DIR"] = str(where)
+    if "numba" in sys.modules:  # imported before lucid: its config read the environment already
+        sys.modules["numba"].config.CACHE_DIR = str(where)
     # omp stalled for whole scheduler slices when another process held a core (issue #17)
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     try:

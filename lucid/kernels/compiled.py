@@ -114,6 +114,19 @@ def argpool_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bool
     return run
 
 
+# Module functions, not closures: numba keys a closure's cache entry by its cell values, and a
+# dispatcher in a cell pickles differently in every process (the kernel recompiled every run).
+@njit(inline="always")
+def _beats(v, b, minimum):
+    return (v < b) if minimum else (v > b)
+
+
+@njit(inline="always")
+def _takes(v, rank, b, b_rank, minimum):
+    """(v, rank) takes over from (b, b_rank): better, a tie with the smaller rank, or a later NaN."""
+    return _beats(v, b, minimum) | ((v == b) & (rank < b_rank)) | ((v != v) & ((b == b) | (rank > b_rank)))
+
+
 @functools.lru_cache(maxsize=32)
 def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bool = True):
     """The separable forward for one geometry:
@@ -132,14 +145,6 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
     md, mh, mw = mults
     plane = kh * kw
     row_major = (md, mh, mw) == (plane, kw, 1)  # the codes are the ranks themselves
-
-    @njit(inline="always")
-    def beats(v, b):
-        return (v < b) if minimum else (v > b)
-
-    @njit(inline="always")
-    def takes(v, rank, b, b_rank):
-        return beats(v, b) | ((v == b) & (rank < b_rank)) | ((v != v) & ((b == b) | (rank > b_rank)))
 
     @njit(parallel=True, cache=True, boundscheck=False)
     def run(x, out, codes, tab_d, tab_h, tab_w, interior_w, pads, pad_value, band, chunks):
@@ -176,7 +181,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                     for i in range(rows):
                         if rd < 0:
                             for w in range(rows_w):
-                                better = (not have) | beats(pad_value, best[i, w])
+                                better = (not have) | _beats(pad_value, best[i, w], minimum)
                                 best[i, w] = pad_value if better else best[i, w]
                                 rank[i, w] = rk if better else rank[i, w]
                         elif not have:
@@ -187,7 +192,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                             for w in range(rows_w):
                                 v = x[n, u64(rd), u64(r0 + i), w]
                                 b = best[i, w]
-                                better = beats(v, b) | (v != v)
+                                better = _beats(v, b, minimum) | (v != v)
                                 best[i, w] = v if better else b
                                 rank[i, w] = rk if better else rank[i, w]
                     have = True
@@ -200,7 +205,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                         step = np.int32(jh * kw)
                         if rh < 0:
                             for w in range(rows_w):
-                                better = first | takes(pad_value, step, row_best[w], row_rank[w])
+                                better = first | _takes(pad_value, step, row_best[w], row_rank[w], minimum)
                                 row_best[w] = pad_value if better else row_best[w]
                                 row_rank[w] = step if better else row_rank[w]
                         elif first:
@@ -213,7 +218,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                             for w in range(rows_w):
                                 v = best[i, w]
                                 rk = np.int32(rank[i, w] + step)
-                                better = takes(v, rk, row_best[w], row_rank[w])
+                                better = _takes(v, rk, row_best[w], row_rank[w], minimum)
                                 row_best[w] = v if better else row_best[w]
                                 row_rank[w] = rk if better else row_rank[w]
                         first = False
@@ -233,7 +238,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                             for t in range(count):
                                 v = rb[t * sw]
                                 rk = np.int32(rr[t * sw] + jw)
-                                better = takes(v, rk, cb[t], cr[t])
+                                better = _takes(v, rk, cb[t], cr[t], minimum)
                                 cb[t] = v if better else cb[t]
                                 cr[t] = rk if better else cr[t]
                     for ow in range(size_w):  # ... and the edges through the table
@@ -247,7 +252,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                                 continue
                             v = pad_value if rw < 0 else row_best[u64(rw)]
                             rk = np.int32(jw) if rw < 0 else np.int32(row_rank[u64(rw)] + jw)
-                            if vr < 0 or takes(v, rk, vb, vr):
+                            if vr < 0 or _takes(v, rk, vb, vr, minimum):
                                 vb = v
                                 vr = rk
                         col_best[ow] = vb
