@@ -1,13 +1,16 @@
 """Kernel instruction counts: repeatable where timings on a shared machine are not.
 
-Run:  python benchmarks/bench_instructions.py [--quick]   (about 1 min per case: callgrind is slow)
+Run:  python benchmarks/bench_instructions.py [--quick] [--kernels numpy,compiled]   (about 1 min per case)
 Needs valgrind.  Each case runs in a child process under callgrind, once with
 2 calls and once with 6; the difference over 4 is the instructions of one
 call, so start-up and first-call costs cancel.  OpenBLAS's threads are held
 to one (their spinning otherwise adds 10-15% of noise), the hash seed is
 fixed and address randomisation is off, so a count repeats to about 0.1%.
 The kernels run on one thread.  Counts are not time: memory-bound work
-(most of the backward) costs more than its instructions say.
+(most of the backward) costs more than its instructions say.  ``compiled``
+is what ``LUCID_KERNELS=auto`` runs once numba is loaded (``preload()``):
+the numba loops where they apply, numpy elsewhere.  Their cache is warmed
+outside callgrind first, so neither count holds a compile.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ SHAPES = [(2, 4, 32, 64, 64), (8, 16, 16, 32, 32), (1, 1, 128, 128, 128)]
 PARAMS = [(2, 2, 0), (3, 1, 1), (3, 2, 1)]
 
 
-def child(shape, k: int, s: int, p: int, mode: str, calls: int) -> None:
+def child(shape, k: int, s: int, p: int, mode: str, calls: int, kernels: str) -> None:
     import numpy as np
 
-    from lucid.kernels import maxpool, tiled
+    from lucid.kernels import backend, maxpool, tiled
     from lucid.kernels.windows import PoolSpec
+
+    backend.set_backend("numpy" if kernels == "numpy" else "auto")
+    if kernels == "compiled" and not backend.preload():
+        raise SystemExit("numba did not load")
 
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     windows = PoolSpec.create(k, s, p).windows(shape[-3:])
@@ -42,6 +49,11 @@ def child(shape, k: int, s: int, p: int, mode: str, calls: int) -> None:
         tiled.unpool(np.ones(values.shape, np.float32), codes, axes, windows, mults, grad, lead=0, fresh=True, threads=1)
 
 
+def warm(args: list[str]) -> None:
+    """Compile (or load) the kernels once outside callgrind."""
+    subprocess.run([sys.executable, __file__, "--child", *args], check=True)
+
+
 def collected(args: list[str]) -> int:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child", *args]
@@ -51,31 +63,34 @@ def collected(args: list[str]) -> int:
     return int(re.search(r"Collected : ([\d,]+)", result.stderr).group(1).replace(",", ""))
 
 
-def per_call(shape, k: int, s: int, p: int, mode: str) -> float:
+def per_call(shape, k: int, s: int, p: int, mode: str, kernels: str) -> float:
     spec = [",".join(map(str, shape)), str(k), str(s), str(p), mode]
-    return (collected(spec + ["6"]) - collected(spec + ["2"])) / 4
+    warm(spec + ["1", kernels])
+    return (collected(spec + ["6", kernels]) - collected(spec + ["2", kernels])) / 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="stride-2 cases of the small shapes only")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--kernels", default="numpy,compiled", help="numpy, compiled or both (comma-separated)")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        shape, k, s, p, mode, calls = args.child
-        child(tuple(int(v) for v in shape.split(",")), int(k), int(s), int(p), mode, int(calls))
+        shape, k, s, p, mode, calls, kernels = args.child
+        child(tuple(int(v) for v in shape.split(",")), int(k), int(s), int(p), mode, int(calls), kernels)
         return
     if not shutil.which("valgrind"):
         sys.exit("bench_instructions: valgrind is not installed")
+    kernels = args.kernels.split(",")
     print("millions of instructions per call, one thread, float32 (callgrind)\n")
-    print("| shape | k, s, p | forward | forward+backward |")
-    print("|---|---|---|---|")
+    print("| shape | k, s, p | " + " | ".join(f"{name} forward | {name} forward+backward" for name in kernels) + " |")
+    print("|---|---|" + "---|---|" * len(kernels))
     for shape in SHAPES:
         for k, s, p in PARAMS:
             if args.quick and (s == 1 or shape[0] == 1):
                 continue
-            fwd, fb = (per_call(shape, k, s, p, mode) / 1e6 for mode in ("fwd", "fb"))
-            print(f"| {shape} | {k}, {s}, {p} | {fwd:.1f} | {fb:.1f} |", flush=True)
+            counts = [per_call(shape, k, s, p, mode, name) / 1e6 for name in kernels for mode in ("fwd", "fb")]
+            print(f"| {shape} | {k}, {s}, {p} | " + " | ".join(f"{c:.1f}" for c in counts) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Run:  python benchmarks/bench_kernels.py [--repeat 15] [--quick] [--dtypes]
 Needs torch (pip install -e '.[bench]'); prints markdown tables of medians and ratios.
 Torch, lucid with ``numpy`` kernels and lucid with ``auto`` kernels (numba
 where it wins, ``lucid.kernels.backend``) run in alternating blocks, so a slow
-spell on a shared machine hits all alike.  Forward is values only (no
-gradient: always the numpy kernels); forward+backward routes a ones gradient.
+spell on a shared machine hits all alike.  Forward is values only, with
+``auto`` after ``preload()`` (compiled for k=2 s=2, numpy's passes for
+overlapping windows); forward+backward routes a ones gradient.
 """
 
 from __future__ import annotations
