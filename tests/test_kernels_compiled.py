@@ -96,11 +96,13 @@ def cases(draw):
 # derandomize: each (geometry, dtype, layout, priority) compiles its own kernels, so the same
 # examples every run let numba's cache serve a second run (a random draw compiled 32 new ones)
 @settings(max_examples=50, deadline=None, derandomize=True)
-@given(cases(), st.integers(0, 99), st.sampled_from([(0, 1, 2), (2, 0, 1)]))
-def test_compiled_matches_numpy_bit_for_bit(case, seed, priority):
+@given(cases(), st.integers(0, 99), st.booleans())
+def test_compiled_matches_numpy_bit_for_bit(case, seed, engine_order):
     """Values (with winners, and values only), codes row-major or in a streaming engine's
-    priority (slabs along w), and gradients; both compiled forwards (direct, separable) are drawn."""
+    priority (slabs along w; float32 only, to keep the kernels compiled on a cold cache
+    few), and gradients; both compiled forwards (direct, separable) are drawn."""
     x, axes, windows, mode, order = case
+    priority = (2, 0, 1) if engine_order and x.dtype == np.float32 else (0, 1, 2)
     pad = 0 if mode == "zeros" else None
     out_shape = list(x.shape)
     for a, w in zip(axes, windows):
