@@ -122,6 +122,22 @@ def test_compiled_matches_numpy_bit_for_bit(case, seed, engine_order):
         assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
+@pytest.mark.parametrize("kernel, stride, padding", [
+    ((1, 1, 6), (2, 2, 1), (0, 0, 3)),  # the direct loop
+    ((2, 2, 6), (2, 2, 1), (0, 0, 3)),  # the separable one
+])
+def test_padding_wider_than_the_input(kernel, stride, padding):
+    """W = 1 padded by 3 on each side: the first output whose taps are all inside would be
+    output 3 of 2 (the direct loop once wrote its edge outputs past the end of the row)."""
+    x = (np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4, 1) - 5)
+    windows = PoolSpec.create(kernel, stride, padding).windows(x.shape[-3:])
+    grad = np.ones([1, 1] + [w.size_out for w in windows], np.float32)
+    ref = _run("numpy", x, (2, 3, 4), windows, 0, MAX, grad)
+    got = _run("numba", x, (2, 3, 4), windows, 0, MAX, grad)
+    for a, b in zip(ref, got):
+        assert np.array_equal(a, b)
+
+
 def test_compiled_backward_adds_into_a_carry_buffer():
     """Not fresh: the streaming engine's carry rows hold partial sums that the kernel adds to."""
     rng = np.random.default_rng(3)

@@ -11,8 +11,8 @@
   small volume never pays them, and a long run or a training loop pays them
   once, after at most that much time.  ``preload()`` skips the wait.
 
-Values-only pooling always runs the numpy kernels: they are at memory speed
-already.  When numba cannot be imported, or its cache directory is not
+Values-only pooling of overlapping windows always runs the numpy kernels:
+they are at memory speed already.  When numba cannot be imported, or its cache directory is not
 writable, lucid warns once and runs the numpy kernels.
 """
 
@@ -170,23 +170,17 @@ def _direct(windows: Windows) -> bool:
 def applies(dtype: np.dtype, windows: Windows, kind: Kind = "unpool") -> bool:
     """Whether the compiled loops handle this dtype, geometry and kind of work (and, under ``auto``, win).
 
-    Measured against the numpy kernels (float32, 2 threads): the backward
-    wins on every geometry; the direct forward 2-8x for k=2 s=2 (one tap per
-    input element), values or winners; the separable forward with winners
-    1.4-1.9x for k=3 s=2 on floats, but 0.8x on int16 and uint8 (narrow values
-    beside int32 ranks) and 0.7-1.1x for k=3 s=1 on small volumes, where
-    numpy's passes with no stride are at their best.  Values-only pooling of
-    overlapping windows is at memory speed in numpy already.
+    Measured against the numpy kernels (2 threads): the backward wins on every
+    geometry; the forward with winners too (the direct loop 2-8x for k=2 s=2,
+    the separable one 1.9-4.3x for k=3 s=2 and 1.2-2.3x for k=3 s=1, floats
+    and integers); values only, the direct loop 2x for k=2 s=2, while numpy's
+    passes over overlapping windows are at memory speed already.
     """
     dtype = np.dtype(dtype)
     taps = windows[0].kernel * windows[1].kernel * windows[2].kernel
     if not (dtype.kind in "iu" or dtype in (np.float32, np.float64)) or taps > MAX_TAPS:
         return False
-    if kind == "unpool" or _direct(windows):
-        return True
-    if kind != "argpool":
-        return False
-    return backend() == "numba" or (dtype.kind == "f" and math.prod(w.stride for w in windows) > 1)
+    return kind != "pool" or _direct(windows)
 
 
 def _chosen(dtype, windows: Windows, kind: Kind):
@@ -279,6 +273,16 @@ def _views(arrays, axes: Axes):
 SCRATCH_BYTES = 256 << 10  # the separable forward's rows per task: they stay in L2
 
 
+def _planes(x: np.ndarray) -> np.ndarray | None:
+    """``x`` (lead, D, H, W) as (lead, D, H * W), a view; None when rows and columns do not merge."""
+    view = x.view()
+    try:
+        view.shape = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    except AttributeError:
+        return None
+    return view
+
+
 def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order: Order, out, threads) -> bool:
     """Fill ``out`` (values, codes; codes None for values only) with a compiled forward;
     False when it should not run here."""
@@ -287,31 +291,33 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
     mod = _chosen(x.dtype, windows, "argpool" if winners else "pool")
     if mod is None:
         return False
-    direct = _direct(windows)
-    mults = tuple(mults) if winners else code_mults(windows)  # values only: any, the same each time
-    key = ("argpool" if direct else "separable", *_geometry(windows), mults, order is MIN, winners)
-    kernel = (mod.argpool_kernel if direct else mod.separable_kernel)(*key[1:])
-    tables = [mod.tap_table(w, pad_value is not None) for w in windows]
-    pads = np.array([w.pad for w in windows], np.int64)
-    pad = x.dtype.type(0 if pad_value is None else pad_value)
     if codes is None:
         codes = np.empty((1, 1, 1, 1), np.uint8)  # not touched
     views = (_views((x, values, codes), axes) if winners
              else [(xv, vv, codes) for xv, vv in _views((x, values), axes)])
+    planes = [_planes(xv) for xv, _, _ in views]
+    # the separable loop reads each plane's rows as one run; other layouts take the direct loop
+    direct = _direct(windows) or any(p is None for p in planes)
+    mults = tuple(mults) if winners else code_mults(windows)  # values only: any, the same each time
+    key = ("argpool" if direct else "separable", *_geometry(windows), mults, order is MIN, winners)
+    kernel = (mod.argpool_kernel if direct else mod.separable_kernel)(*key[1:])
+    tables = [mod.tap_table(w, pad_value is not None) for w in windows]
+    interior = np.array([_interior(w) for w in windows], np.int64)
+    pads = np.array([w.pad for w in windows], np.int64)
+    pad = x.dtype.type(0 if pad_value is None else pad_value)
     with _launch:
         _threads(threads)
         _compiling((key, x.dtype.str, codes.dtype.str))
-        for xv, vv, cv in views:
+        for (xv, vv, cv), pv in zip(views, planes):
             if direct:
-                interior = np.array([_interior(w) for w in windows], np.int64)
                 kernel(xv, vv, cv, *tables, interior, pads, pad)
             else:
-                h, w = windows[1], windows[2]
+                h = windows[1]
                 row_bytes = xv.shape[-1] * (xv.itemsize + 4)
                 band = max(1, (SCRATCH_BYTES // row_bytes - h.span) // h.stride + 1)
                 tasks = vv.shape[0] * vv.shape[1] * -(-vv.shape[2] // band)
                 chunks = min(tasks, 8 * _numba().get_num_threads())  # a few per thread: balance
-                kernel(xv, vv, cv, *tables, np.array(_interior(w), np.int64), pads, pad, band, chunks)
+                kernel(pv, xv.shape[3], vv, cv, *tables, interior, pads, pad, band, chunks)
     return True
 
 

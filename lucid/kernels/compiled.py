@@ -127,17 +127,30 @@ def _takes(v, rank, b, b_rank, minimum):
     return _beats(v, b, minimum) | ((v == b) & (rank < b_rank)) | ((v != v) & ((b == b) | (rank > b_rank)))
 
 
+@njit(inline="always")
+def _code(rank, row_major, plane, kh, kw, md, mh, mw):
+    """A candidate's row-major rank as a winner code of place values (md, mh, mw)."""
+    if row_major:
+        return rank
+    r = u64(rank)  # unsigned: division by a constant without sign fix-ups
+    return r // plane * md + r // kw % kh * mh + r % kw * mw
+
+
 @functools.lru_cache(maxsize=32)
 def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bool = True):
     """The separable forward for one geometry:
-    ``run(x, out, codes, tab_d, tab_h, tab_w, interior_w, pads, pad_value, band, chunks)``.
+    ``run(planes, rows_w, out, codes, tab_d, tab_h, tab_w, interior, pads, pad_value, band, chunks)``.
 
+    ``planes`` is the input as (lead, D, H * rows_w): rows of one plane follow
+    each other at one stride, so the pass along d runs over a band of rows as
+    one flat loop (rows of 16-64 were its cost when each row was a loop).
     Tasks are (lead, output plane, band of ``band`` output rows), ``chunks``
     runs of them, one scratch set each.  Candidates carry their row-major
     rank in the window (jd, jh, jw): along d the taps come in rank order, so
     the plain rule of the direct loop holds; along h and w a tie goes to the
     smaller rank (the first maximum) and a NaN to the larger (the last NaN).
-    A padding line takes part with the smallest rank of its taps.
+    A padding line takes part with the smallest rank of its taps.  Interior
+    rows and columns (every tap inside) take all their taps in one loop.
     """
     kd, kh, kw = kernel
     sh, sw = stride[1], stride[2]
@@ -147,11 +160,12 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
     row_major = (md, mh, mw) == (plane, kw, 1)  # the codes are the ranks themselves
 
     @njit(parallel=True, cache=True, boundscheck=False)
-    def run(x, out, codes, tab_d, tab_h, tab_w, interior_w, pads, pad_value, band, chunks):
+    def run(planes, rows_w, out, codes, tab_d, tab_h, tab_w, interior, pads, pad_value, band, chunks):
         lead, size_d, size_h, size_w = out.shape
-        rows_h, rows_w = x.shape[2], x.shape[3]
+        rows_h = planes.shape[2] // rows_w
         ph, pw = pads[1], pads[2]
-        lo_w, hi_w = interior_w[0], interior_w[1]
+        lo_h, hi_h = interior[1, 0], interior[1, 1]
+        lo_w, hi_w = interior[2, 0], interior[2, 1]
         bands = (size_h + band - 1) // band
         tasks = lead * size_d * bands
         band_rows = min(rows_h, (band - 1) * sh + (kh - 1) * dh + 1)
@@ -159,12 +173,10 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
         # Indices are unsigned or zero-based loops over slices, so LLVM sees no negative index
         # and vectorises (a loop from a run-time start kept numba's wraparound checks: 3x).
         for chunk in prange(chunks):
-            best = np.empty((band_rows, rows_w), x.dtype)
-            rank = np.empty((band_rows, rows_w), np.int32)
-            row_best = np.empty(rows_w, x.dtype)
+            best = np.empty(band_rows * rows_w, planes.dtype)
+            rank = np.empty(band_rows * rows_w, np.int32)
+            row_best = np.empty(rows_w, planes.dtype)
             row_rank = np.empty(rows_w, np.int32)
-            col_best = np.empty(size_w, x.dtype)
-            col_rank = np.empty(size_w, np.int32)
             for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
                 n = task // (size_d * bands)
                 od = task // bands % size_d
@@ -172,100 +184,106 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                 b1 = min(size_h, b0 + band)
                 r0 = max(0, b0 * sh - ph)  # the input rows this band reads
                 rows = max(0, min(rows_h, (b1 - 1) * sh - ph + (kh - 1) * dh + 1) - r0)
+                flat = rows * rows_w
                 have = False
-                for jd in range(kd):  # along d, whole rows
+                for jd in range(kd):  # along d: the band's rows as one run
                     rd = tab_d[od, jd]
                     if rd == NEVER:
                         continue
                     rk = np.int32(jd * plane)
-                    for i in range(rows):
-                        if rd < 0:
-                            for w in range(rows_w):
-                                better = (not have) | _beats(pad_value, best[i, w], minimum)
-                                best[i, w] = pad_value if better else best[i, w]
-                                rank[i, w] = rk if better else rank[i, w]
-                        elif not have:
-                            for w in range(rows_w):
-                                best[i, w] = x[n, u64(rd), u64(r0 + i), w]
-                                rank[i, w] = rk
+                    if rd < 0:
+                        for f in range(flat):
+                            better = (not have) | _beats(pad_value, best[f], minimum)
+                            best[f] = pad_value if better else best[f]
+                            rank[f] = rk if better else rank[f]
+                    else:
+                        src = planes[n, u64(rd), r0 * rows_w:r0 * rows_w + flat]
+                        if not have:
+                            for f in range(flat):
+                                best[f] = src[f]
+                                rank[f] = rk
                         else:
-                            for w in range(rows_w):
-                                v = x[n, u64(rd), u64(r0 + i), w]
-                                b = best[i, w]
+                            for f in range(flat):
+                                v = src[f]
+                                b = best[f]
                                 better = _beats(v, b, minimum) | (v != v)
-                                best[i, w] = v if better else b
-                                rank[i, w] = rk if better else rank[i, w]
+                                best[f] = v if better else b
+                                rank[f] = rk if better else rank[f]
                     have = True
                 for oh in range(b0, b1):
-                    first = True
-                    for jh in range(kh):  # along h, whole rows
-                        rh = tab_h[oh, jh]
-                        if rh == NEVER:
-                            continue
-                        step = np.int32(jh * kw)
-                        if rh < 0:
-                            for w in range(rows_w):
-                                better = first | _takes(pad_value, step, row_best[w], row_rank[w], minimum)
-                                row_best[w] = pad_value if better else row_best[w]
-                                row_rank[w] = step if better else row_rank[w]
-                        elif first:
-                            i = u64(rh - r0)
-                            for w in range(rows_w):
-                                row_best[w] = best[i, w]
-                                row_rank[w] = np.int32(rank[i, w] + step)
-                        else:
-                            i = u64(rh - r0)
-                            for w in range(rows_w):
-                                v = best[i, w]
-                                rk = np.int32(rank[i, w] + step)
-                                better = _takes(v, rk, row_best[w], row_rank[w], minimum)
-                                row_best[w] = v if better else row_best[w]
-                                row_rank[w] = rk if better else row_rank[w]
-                        first = False
-                    # along w: the interior outputs by arithmetic, one vectorised loop per tap ...
-                    count = max(0, hi_w - lo_w)
-                    cb = col_best[lo_w:]
-                    cr = col_rank[lo_w:]
-                    for jw in range(kw):
-                        start = lo_w * sw + jw * dw - pw
-                        rb = row_best[start:]
-                        rr = row_rank[start:]
-                        if jw == 0:
-                            for t in range(count):
-                                cb[t] = rb[t * sw]
-                                cr[t] = rr[t * sw]
-                        else:
-                            for t in range(count):
-                                v = rb[t * sw]
-                                rk = np.int32(rr[t * sw] + jw)
-                                better = _takes(v, rk, cb[t], cr[t], minimum)
-                                cb[t] = v if better else cb[t]
-                                cr[t] = rk if better else cr[t]
-                    for ow in range(size_w):  # ... and the edges through the table
-                        if lo_w <= ow < hi_w:
-                            continue
-                        vb = pad_value
-                        vr = np.int32(-1)
-                        for jw in range(kw):
-                            rw = tab_w[ow, jw]
-                            if rw == NEVER:
+                    if lo_h <= oh < hi_h:  # along h, every tap a row of the band: all taps at once
+                        top = best[(oh * sh - ph - r0) * rows_w:]
+                        top_rank = rank[(oh * sh - ph - r0) * rows_w:]
+                        for w in range(rows_w):
+                            b = top[w]
+                            r = top_rank[w]
+                            for jh in range(1, kh):
+                                v = top[jh * dh * rows_w + w]
+                                rk = np.int32(top_rank[jh * dh * rows_w + w] + jh * kw)
+                                better = _takes(v, rk, b, r, minimum)
+                                b = v if better else b
+                                r = rk if better else r
+                            row_best[w] = b
+                            row_rank[w] = r
+                    else:  # through the table: padding, or taps that never take part
+                        first = True
+                        for jh in range(kh):
+                            rh = tab_h[oh, jh]
+                            if rh == NEVER:
                                 continue
-                            v = pad_value if rw < 0 else row_best[u64(rw)]
-                            rk = np.int32(jw) if rw < 0 else np.int32(row_rank[u64(rw)] + jw)
-                            if vr < 0 or _takes(v, rk, vb, vr, minimum):
-                                vb = v
-                                vr = rk
-                        col_best[ow] = vb
-                        col_rank[ow] = vr
-                    for ow in range(size_w):
-                        out[n, u64(od), u64(oh), ow] = col_best[ow]
-                    if winners:
-                        for ow in range(size_w):
-                            if row_major:
-                                codes[n, u64(od), u64(oh), ow] = col_rank[ow]
+                            step = np.int32(jh * kw)
+                            if rh < 0:
+                                for w in range(rows_w):
+                                    better = first | _takes(pad_value, step, row_best[w], row_rank[w], minimum)
+                                    row_best[w] = pad_value if better else row_best[w]
+                                    row_rank[w] = step if better else row_rank[w]
                             else:
-                                r = u64(col_rank[ow])  # unsigned: division by a constant without sign fix-ups
-                                codes[n, u64(od), u64(oh), ow] = r // plane * md + r // kw % kh * mh + r % kw * mw
+                                row = best[(rh - r0) * rows_w:]
+                                row_of_rank = rank[(rh - r0) * rows_w:]
+                                for w in range(rows_w):
+                                    v = row[w]
+                                    rk = np.int32(row_of_rank[w] + step)
+                                    better = first | _takes(v, rk, row_best[w], row_rank[w], minimum)
+                                    row_best[w] = v if better else row_best[w]
+                                    row_rank[w] = rk if better else row_rank[w]
+                            first = False
+                    # along w: the interior outputs, all taps in one loop (LLVM loads the strided
+                    # taps as whole vectors and shuffles: one loop per tap gathered, 2x slower) ...
+                    out_row = out[n, u64(od), u64(oh)]
+                    codes_row = codes[n, u64(od), u64(oh)] if winners else codes[0, 0, 0]
+                    if hi_w > lo_w:
+                        left = row_best[lo_w * sw - pw:]
+                        left_rank = row_rank[lo_w * sw - pw:]
+                        into = out_row[lo_w:hi_w]
+                        into_codes = codes_row[lo_w:hi_w] if winners else codes_row
+                        for t in range(hi_w - lo_w):
+                            b = left[t * sw]
+                            r = left_rank[t * sw]
+                            for jw in range(1, kw):
+                                v = left[t * sw + jw * dw]
+                                rk = np.int32(left_rank[t * sw + jw * dw] + jw)
+                                better = _takes(v, rk, b, r, minimum)
+                                b = v if better else b
+                                r = rk if better else r
+                            into[t] = b
+                            if winners:
+                                into_codes[t] = _code(r, row_major, plane, kh, kw, md, mh, mw)
+                    for part in range(2):  # ... and the edges through the table
+                        for ow in range(0 if part == 0 else max(lo_w, hi_w), lo_w if part == 0 else size_w):
+                            b = pad_value
+                            r = np.int32(-1)
+                            for jw in range(kw):
+                                rw = tab_w[ow, jw]
+                                if rw == NEVER:
+                                    continue
+                                v = pad_value if rw < 0 else row_best[u64(rw)]
+                                rk = np.int32(jw) if rw < 0 else np.int32(row_rank[u64(rw)] + jw)
+                                if r < 0 or _takes(v, rk, b, r, minimum):
+                                    b = v
+                                    r = rk
+                            out_row[ow] = b
+                            if winners:
+                                codes_row[ow] = _code(r, row_major, plane, kh, kw, md, mh, mw)
 
     return run
 

@@ -313,7 +313,7 @@ def _dense(tap: np.ndarray) -> np.ndarray:
 
 def _interior(w: AxisWindow) -> tuple[int, int]:
     """Outputs [lo, hi) whose every tap lies inside the input."""
-    lo = max(0, -(-w.pad // w.stride))
+    lo = min(w.size_out, max(0, -(-w.pad // w.stride)))  # padding wider than the input: none
     hi = min(w.size_out, (w.size_in - w.span + w.pad) // w.stride + 1)
     return lo, max(lo, hi)
 
