@@ -233,13 +233,14 @@ def test_auto_keeps_numpy_for_small_work_and_switches_after_the_crossover(tmp_pa
     assert values == str([21.0, 23.0, 29.0, 31.0, 53.0, 55.0, 61.0, 63.0]) + " 8"
 
 
-def test_values_only_pooling_of_overlapping_windows_never_imports_numba():
-    """numpy's passes are at memory speed there; only k=2 s=2-like windows get the compiled loop."""
+def test_values_only_pooling_with_stride_1_never_imports_numba():
+    """numpy's passes are at memory speed there; strided windows get the compiled loops."""
     code = ("import sys, numpy as np\nfrom lucid.kernels import backend, tiled\n"
             "from lucid.kernels.windows import PoolSpec\n"
             "backend.CROSSOVER_SECONDS = 0\nx = np.zeros((64, 64, 64), np.float32)\n"
             "tiled.pool(x, (0, 1, 2), PoolSpec.create({}).windows(x.shape))\nprint('numba' in sys.modules)")
-    assert _child(code.format("3, 2, 1"), LUCID_KERNELS="numba") == ["False"]
+    assert _child(code.format("3, 1, 1"), LUCID_KERNELS="numba") == ["False"]
+    assert _child(code.format("3, 2, 1"), LUCID_KERNELS="numba") == ["True"]
     assert _child(code.format("2, 2, 0"), LUCID_KERNELS="numba") == ["True"]
 
 
@@ -342,7 +343,8 @@ def test_memory_plan_counts_numba_for_big_runs_when_the_budget_holds_it():
     tight = plan(huge, backward=True, limit=64 << 20)
     assert tight.numba_bytes == 0 and tight.slab_bytes <= 64 << 20  # the run keeps the numpy kernels
     assert plan(huge).numba_bytes == backend.NUMBA_RSS_BYTES  # values only, k=2 s=2: the direct loop
-    assert plan(huge, 3, 2, 1).numba_bytes == 0  # values only, overlapping: numpy at memory speed
+    assert plan(huge, 3, 2, 1).numba_bytes == backend.NUMBA_RSS_BYTES  # values only, strided: separable
+    assert plan(huge, 3, 1, 1).numba_bytes == 0  # values only, stride 1: numpy at memory speed
     small = plan((256, 256, 256), backward=True)  # 32 MiB: loading numba would cost more than it saves
     assert small.numba_bytes == 0
     backend.set_backend("numba")
