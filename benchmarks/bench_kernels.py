@@ -5,8 +5,8 @@ Needs torch (pip install -e '.[bench]'); prints markdown tables of medians and r
 Torch, lucid with ``numpy`` kernels and lucid with ``auto`` kernels (numba
 where it wins, ``lucid.kernels.backend``) run in alternating blocks, so a slow
 spell on a shared machine hits all alike.  Forward is values only, with
-``auto`` after ``preload()`` (compiled for k=2 s=2, numpy's passes for
-overlapping windows); forward+backward routes a ones gradient.
+``auto`` after ``preload()`` (compiled, but numpy's passes for stride 1,
+at memory speed there); forward+backward routes a ones gradient.
 """
 
 from __future__ import annotations
