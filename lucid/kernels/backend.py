@@ -12,8 +12,8 @@
   once, after at most that much time.  ``preload()`` skips the wait.
 
 Values-only pooling with stride 1 always runs the numpy kernels: they are
-at memory speed already.  When numba cannot be imported, or its cache directory is not
-writable, lucid warns once and runs the numpy kernels.
+at memory speed already.  When numba cannot be imported, or its cache
+directory is not writable, lucid warns once and runs the numpy kernels.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Two forwards: ``argpool_kernel`` reads every tap of every window (the
 fastest while windows overlap little: k=2 s=2), ``separable_kernel`` takes
 the maximum along d, then h, then w, carrying each candidate's rank, so each
 input is read about k_d + k_h + k_w times instead of k_d * k_h * k_w.
+Two backwards: ``tiling_unpool_kernel`` writes each position once where
+windows tile the input (stride = kernel, no padding), ``unpool_kernel``
+scatter-adds for any windows.
 
 Arrays are (lead, D, H, W) views of any strides.  The semantics are the numpy
 kernels' (``lucid.kernels.maxpool``), bit for bit:
