@@ -6,11 +6,12 @@ Needs valgrind.  Each case runs in a child process under callgrind, once with
 call, so start-up and first-call costs cancel.  OpenBLAS's threads are held
 to one (their spinning otherwise adds 10-15% of noise), the hash seed is
 fixed and address randomisation is off, so a count repeats to about 0.1%.
-The kernels run on one thread.  Counts are not time: memory-bound work
+The kernels run on one thread (numba's inline, see ``ENV``).  Counts are not time: memory-bound work
 (most of the backward) costs more than its instructions say.  ``compiled``
 is what ``LUCID_KERNELS=auto`` runs once numba is loaded (``preload()``):
 the numba loops where they apply, numpy elsewhere.  Their cache is warmed
-outside callgrind first, so neither count holds a compile.
+first, outside and inside callgrind, so neither count holds a compile; the
+compiled counts are of code built for the CPU valgrind shows (AVX2, no AVX-512).
 """
 
 from __future__ import annotations
@@ -49,17 +50,26 @@ def child(shape, k: int, s: int, p: int, mode: str, calls: int, kernels: str) ->
         tiled.unpool(np.ones(values.shape, np.float32), codes, axes, windows, mults, grad, lead=0, fresh=True, threads=1)
 
 
+# One thread, run inline: under numba's workqueue layer the launching thread waits for its
+# worker in a spin loop, and valgrind runs threads one at a time, so a count held that spin
+# (3,988 M instructions per call against 1.5 M inline).  OpenMP with one thread runs the loop
+# in the calling thread.
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0",
+           NUMBA_THREADING_LAYER="omp", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+
 def warm(args: list[str]) -> None:
-    """Compile (or load) the kernels once outside callgrind."""
-    subprocess.run([sys.executable, __file__, "--child", *args], check=True)
+    """Compile (or load) the kernels once, under callgrind too: there numba sees a CPU without
+    AVX-512 and compiles its own cache entry, which a count must not hold (10,549 M a call)."""
+    subprocess.run([sys.executable, __file__, "--child", *args], env=ENV, check=True)
+    collected(args)
 
 
 def collected(args: list[str]) -> int:
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child", *args]
     if shutil.which("setarch"):
         command = ["setarch", "-R", *command]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, check=True)
     return int(re.search(r"Collected : ([\d,]+)", result.stderr).group(1).replace(",", ""))
 
 
