@@ -249,17 +249,22 @@ def _compiling(key: tuple) -> None:
         pass
 
 
+def _view_as(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``a`` reshaped without a copy, or None when its axes cannot merge (reshape would copy)."""
+    view = a.view()
+    try:
+        view.shape = shape
+    except AttributeError:
+        return None
+    return view
+
+
 def _as_4d(a: np.ndarray, axes: Axes) -> np.ndarray | None:
     """A (lead, P, Q, R) view of ``a`` with ``axes`` last, or None when the lead axes cannot merge."""
     if tuple(axes) == tuple(range(a.ndim - 3, a.ndim)) and a.flags.c_contiguous:
         return a.reshape(-1, *a.shape[-3:])  # the common case, without moveaxis's checks
     moved = np.moveaxis(a, axes, (-3, -2, -1))
-    view = moved.view()
-    try:
-        view.shape = (math.prod(moved.shape[:-3]), *moved.shape[-3:])
-    except AttributeError:
-        return None
-    return view
+    return _view_as(moved, (math.prod(moved.shape[:-3]), *moved.shape[-3:]))
 
 
 def _views(arrays, axes: Axes):
@@ -274,16 +279,6 @@ def _views(arrays, axes: Axes):
 SCRATCH_BYTES = 256 << 10  # the separable forward's rows per task: they stay in L2
 
 
-def _planes(x: np.ndarray) -> np.ndarray | None:
-    """``x`` (lead, D, H, W) as (lead, D, H * W), a view; None when rows and columns do not merge."""
-    view = x.view()
-    try:
-        view.shape = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
-    except AttributeError:
-        return None
-    return view
-
-
 def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order: Order, out, threads) -> bool:
     """Fill ``out`` (values, codes; codes None for values only) with a compiled forward;
     False when it should not run here."""
@@ -296,7 +291,7 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
         codes = np.empty((1, 1, 1, 1), np.uint8)  # not touched
     views = (_views((x, values, codes), axes) if winners
              else [(xv, vv, codes) for xv, vv in _views((x, values), axes)])
-    planes = [_planes(xv) for xv, _, _ in views]
+    planes = [_view_as(xv, (*xv.shape[:2], xv.shape[2] * xv.shape[3])) for xv, _, _ in views]  # (lead, D, H*W)
     # the separable loop reads each plane's rows as one run; other layouts take the direct loop
     direct = _direct(windows) or any(p is None for p in planes)
     mults = tuple(mults) if winners else code_mults(windows)  # values only: any, the same each time

@@ -272,7 +272,7 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                             if winners:
                                 into_codes[t] = _code(r, row_major, plane, kh, kw, md, mh, mw)
                     for part in range(2):  # ... and the edges through the table
-                        for ow in range(0 if part == 0 else max(lo_w, hi_w), lo_w if part == 0 else size_w):
+                        for ow in range(0 if part == 0 else hi_w, lo_w if part == 0 else size_w):
                             b = pad_value
                             r = np.int32(-1)
                             for jw in range(kw):
