@@ -291,9 +291,10 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
         codes = np.empty((1, 1, 1, 1), np.uint8)  # not touched
     views = (_views((x, values, codes), axes) if winners
              else [(xv, vv, codes) for xv, vv in _views((x, values), axes)])
-    planes = [_view_as(xv, (*xv.shape[:2], xv.shape[2] * xv.shape[3])) for xv, _, _ in views]  # (lead, D, H*W)
-    # the separable loop reads each plane's rows as one run; other layouts take the direct loop
-    direct = _direct(windows) or any(p is None for p in planes)
+    # the separable loop runs along each plane's rows as one run: (lead, D, H*W) views of the
+    # input and outputs; other layouts take the direct loop
+    planes = [[_view_as(a, (*a.shape[:2], a.shape[2] * a.shape[3])) for a in view] for view in views]
+    direct = _direct(windows) or any(p is None for view in planes for p in view)
     mults = tuple(mults) if winners else code_mults(windows)  # values only: any, the same each time
     key = ("argpool" if direct else "separable", *_geometry(windows), mults, order is MIN, winners)
     kernel = (mod.argpool_kernel if direct else mod.separable_kernel)(*key[1:])
@@ -304,7 +305,7 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
     with _launch:
         _threads(threads)
         _compiling((key, x.dtype.str, codes.dtype.str))
-        for (xv, vv, cv), pv in zip(views, planes):
+        for (xv, vv, cv), (xp, vp, cp) in zip(views, planes):
             if direct:
                 kernel(xv, vv, cv, *tables, interior, pads, pad)
             else:
@@ -313,7 +314,7 @@ def argpool(x: np.ndarray, axes: Axes, windows: Windows, mults, pad_value, order
                 band = max(1, (SCRATCH_BYTES // row_bytes - h.span) // h.stride + 1)
                 tasks = vv.shape[0] * vv.shape[1] * -(-vv.shape[2] // band)
                 chunks = min(tasks, 8 * _numba().get_num_threads())  # a few per thread: balance
-                kernel(pv, xv.shape[3], vv, cv, *tables, interior, pads, pad, band, chunks)
+                kernel(xp, xv.shape[3], vp, cp, *tables, interior, pads, pad, band, chunks)
     return True
 
 

@@ -139,21 +139,170 @@ def _code(rank, row_major, plane, kh, kw, md, mh, mw):
     return r // plane * md + r // kw % kh * mh + r % kw * mw
 
 
+# The separable forward's passes are module functions, not code inside its prange loop: LLVM
+# vectorised the same loops 2-6x better there (measured: the pass along w with ranks ran at
+# 17 cycles an output inside the loop, 3 in a function of its own).  The kernel passes its
+# geometry as constants, which numba types as literals, so each pass is compiled (and cached)
+# per geometry with its taps unrolled, as the kernel itself is.
+@njit(cache=True, boundscheck=False)
+def _d_first(best, rank, src, rk):
+    for f in range(src.size):
+        best[f] = src[f]
+        rank[f] = rk
+
+
+@njit(cache=True, boundscheck=False)
+def _d_take(best, rank, src, rk, minimum):
+    """Along d, a later tap in rank order: strictly better, or a NaN, takes over."""
+    for f in range(src.size):
+        v = src[f]
+        b = best[f]
+        better = _beats(v, b, minimum) | (v != v)
+        best[f] = v if better else b
+        rank[f] = rk if better else rank[f]
+
+
+@njit(cache=True, boundscheck=False)
+def _d_pad(best, rank, flat, have, pad_value, rk, minimum):
+    """Along d, a tap in the padding."""
+    for f in range(flat):
+        better = (not have) | _beats(pad_value, best[f], minimum)
+        best[f] = pad_value if better else best[f]
+        rank[f] = rk if better else rank[f]
+
+
+@njit(cache=True, boundscheck=False)
+def _h_rows(best, rank, h_best, h_rank, top, count, hs, rows_w, sh, kh, dh, kw, minimum):
+    """Along h, ``count`` interior output rows whose first tap is band row ``top`` (then every
+    ``sh``-th), all taps at once, into rows of ``h_best`` at stride ``hs``."""
+    for i in range(count):
+        src = best[(top + i * sh) * rows_w:]
+        src_rank = rank[(top + i * sh) * rows_w:]
+        dst = h_best[i * hs:]
+        dst_rank = h_rank[i * hs:]
+        for w in range(rows_w):
+            b = src[w]
+            r = src_rank[w]
+            for jh in range(1, kh):
+                v = src[jh * dh * rows_w + w]
+                rk = np.int32(src_rank[jh * dh * rows_w + w] + jh * kw)
+                better = _takes(v, rk, b, r, minimum)
+                b = v if better else b
+                r = rk if better else r
+            dst[w] = b
+            dst_rank[w] = r
+
+
+@njit(cache=True, boundscheck=False)
+def _h_table(best, rank, row_best, row_rank, taps, r0, rows_w, pad_value, kw, minimum):
+    """Along h, one output row through its tap table: padding, or taps that never take part."""
+    first = True
+    for jh in range(taps.size):
+        rh = taps[jh]
+        if rh == NEVER:
+            continue
+        step = np.int32(jh * kw)
+        if rh < 0:
+            for w in range(rows_w):
+                better = first | _takes(pad_value, step, row_best[w], row_rank[w], minimum)
+                row_best[w] = pad_value if better else row_best[w]
+                row_rank[w] = step if better else row_rank[w]
+        else:
+            src = best[(rh - r0) * rows_w:]
+            src_rank = rank[(rh - r0) * rows_w:]
+            for w in range(rows_w):
+                v = src[w]
+                rk = np.int32(src_rank[w] + step)
+                better = first | _takes(v, rk, row_best[w], row_rank[w], minimum)
+                row_best[w] = v if better else row_best[w]
+                row_rank[w] = rk if better else row_rank[w]
+        first = False
+
+
+@njit(cache=True, boundscheck=False)
+def _w_run(h_best, h_rank, dst, dst_codes, f0, f1, pw, sw, kw, dw, minimum,
+           write_codes, as_codes, row_major, plane, kh, md, mh, mw):
+    """Along w, outputs [f0, f1) of the band's rows as one run: rows of ``h_best`` are
+    ``sw`` times those of ``dst`` apart, so output ``f`` reads from ``f * sw - pw`` on.
+    The outputs between two rows' interiors read across a row end; the edges rewrite them.
+    ``dst_codes`` gets ranks, or winner codes ``as_codes``.  (LLVM loads the strided taps
+    as whole vectors and shuffles: one loop per tap gathered, 2x slower.)"""
+    src = h_best[f0 * sw - pw:]
+    src_rank = h_rank[f0 * sw - pw:]
+    out = dst[f0:f1]
+    out_codes = dst_codes[f0:f1] if write_codes else dst_codes
+    for f in range(f1 - f0):
+        b = src[f * sw]
+        r = src_rank[f * sw]
+        for jw in range(1, kw):
+            v = src[f * sw + jw * dw]
+            rk = np.int32(src_rank[f * sw + jw * dw] + jw)
+            better = _takes(v, rk, b, r, minimum)
+            b = v if better else b
+            r = rk if better else r
+        out[f] = b
+        if write_codes:
+            out_codes[f] = _code(r, row_major, plane, kh, kw, md, mh, mw) if as_codes else r
+
+
+@njit(cache=True, boundscheck=False)
+def _w_emit(w_best, w_rank, out, codes, b0, b1, m, size_w, lo_w, hi_w, winners, row_major, plane, kh, kw, md, mh, mw):
+    """The interior outputs of rows [b0, b1) of a flat output plane (rows ``size_w`` apart),
+    from a run along w whose rows are ``m`` apart."""
+    for oh in range(b0, b1):
+        src = w_best[(oh - b0) * m + lo_w:]
+        src_rank = w_rank[(oh - b0) * m + lo_w:]
+        out_row = out[oh * size_w + lo_w:oh * size_w + hi_w]
+        for t in range(hi_w - lo_w):
+            out_row[t] = src[t]
+        if winners:
+            codes_row = codes[oh * size_w + lo_w:oh * size_w + hi_w]
+            for t in range(hi_w - lo_w):
+                codes_row[t] = _code(src_rank[t], row_major, plane, kh, kw, md, mh, mw)
+
+
+@njit(cache=True, boundscheck=False)
+def _w_edges(h_best, h_rank, out, codes, b0, b1, hs, tab_w, lo_w, hi_w, pad_value, minimum,
+             winners, row_major, plane, kh, kw, md, mh, mw):
+    """Along w, the outputs of rows [b0, b1) outside [lo_w, hi_w), through the tap table."""
+    size_w = tab_w.shape[0]
+    for oh in range(b0, b1):
+        row_best = h_best[(oh - b0) * hs:]
+        row_rank = h_rank[(oh - b0) * hs:]
+        for part in range(2):
+            for ow in range(0 if part == 0 else hi_w, lo_w if part == 0 else size_w):
+                b = pad_value
+                r = np.int32(-1)
+                for jw in range(kw):
+                    rw = tab_w[ow, jw]
+                    if rw == NEVER:
+                        continue
+                    v = pad_value if rw < 0 else row_best[u64(rw)]
+                    rk = np.int32(jw) if rw < 0 else np.int32(row_rank[u64(rw)] + jw)
+                    if r < 0 or _takes(v, rk, b, r, minimum):
+                        b = v
+                        r = rk
+                out[u64(oh * size_w + ow)] = b
+                if winners:
+                    codes[u64(oh * size_w + ow)] = _code(r, row_major, plane, kh, kw, md, mh, mw)
+
+
 @functools.lru_cache(maxsize=32)
 def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bool = True):
     """The separable forward for one geometry:
     ``run(planes, rows_w, out, codes, tab_d, tab_h, tab_w, interior, pads, pad_value, band, chunks)``.
 
-    ``planes`` is the input as (lead, D, H * rows_w): rows of one plane follow
-    each other at one stride, so the pass along d runs over a band of rows as
-    one flat loop (rows of 16-64 were its cost when each row was a loop).
+    ``planes`` is the input as (lead, D, H * rows_w), ``out`` and ``codes``
+    the outputs as (lead, D', H' * W'): rows of one plane follow each other
+    at one stride, so the pass along d runs over a band of rows as one flat
+    loop, and so does the pass along w over the band's interior columns.
     Tasks are (lead, output plane, band of ``band`` output rows), ``chunks``
     runs of them, one scratch set each.  Candidates carry their row-major
     rank in the window (jd, jh, jw): along d the taps come in rank order, so
     the plain rule of the direct loop holds; along h and w a tie goes to the
     smaller rank (the first maximum) and a NaN to the larger (the last NaN).
     A padding line takes part with the smallest rank of its taps.  Interior
-    rows and columns (every tap inside) take all their taps in one loop.
+    rows (every tap inside) take all their taps in one loop.
     """
     kd, kh, kw = kernel
     sh, sw = stride[1], stride[2]
@@ -164,7 +313,8 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
 
     @njit(parallel=True, cache=True, boundscheck=False)
     def run(planes, rows_w, out, codes, tab_d, tab_h, tab_w, interior, pads, pad_value, band, chunks):
-        lead, size_d, size_h, size_w = out.shape
+        lead, size_d = out.shape[0], out.shape[1]
+        size_h, size_w = tab_h.shape[0], tab_w.shape[0]
         rows_h = planes.shape[2] // rows_w
         ph, pw = pads[1], pads[2]
         lo_h, hi_h = interior[1, 0], interior[1, 1]
@@ -172,14 +322,16 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
         bands = (size_h + band - 1) // band
         tasks = lead * size_d * bands
         band_rows = min(rows_h, (band - 1) * sh + (kh - 1) * dh + 1)
+        m = max(size_w, (rows_w + sw - 1) // sw)  # outputs per row of the run along w
+        hs = m * sw  # its input rows' stride: at least rows_w
         # Scratch per chunk, not per task: allocations inside prange cost more than a small task.
-        # Indices are unsigned or zero-based loops over slices, so LLVM sees no negative index
-        # and vectorises (a loop from a run-time start kept numba's wraparound checks: 3x).
         for chunk in prange(chunks):
             best = np.empty(band_rows * rows_w, planes.dtype)
             rank = np.empty(band_rows * rows_w, np.int32)
-            row_best = np.empty(rows_w, planes.dtype)
-            row_rank = np.empty(rows_w, np.int32)
+            h_best = np.empty(band * hs, planes.dtype)
+            h_rank = np.empty(band * hs, np.int32)
+            w_best = np.empty(band * m if m > size_w else 0, planes.dtype)
+            w_rank = np.empty(band * m if m > size_w else 0, np.int32)
             for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
                 n = task // (size_d * bands)
                 od = task // bands % size_d
@@ -195,98 +347,35 @@ def separable_kernel(kernel, stride, dilation, mults, minimum: bool, winners: bo
                         continue
                     rk = np.int32(jd * plane)
                     if rd < 0:
-                        for f in range(flat):
-                            better = (not have) | _beats(pad_value, best[f], minimum)
-                            best[f] = pad_value if better else best[f]
-                            rank[f] = rk if better else rank[f]
+                        _d_pad(best, rank, flat, have, pad_value, rk, minimum)
+                    elif have:
+                        _d_take(best, rank, planes[n, u64(rd), r0 * rows_w:r0 * rows_w + flat], rk, minimum)
                     else:
-                        src = planes[n, u64(rd), r0 * rows_w:r0 * rows_w + flat]
-                        if not have:
-                            for f in range(flat):
-                                best[f] = src[f]
-                                rank[f] = rk
-                        else:
-                            for f in range(flat):
-                                v = src[f]
-                                b = best[f]
-                                better = _beats(v, b, minimum) | (v != v)
-                                best[f] = v if better else b
-                                rank[f] = rk if better else rank[f]
+                        _d_first(best, rank, planes[n, u64(rd), r0 * rows_w:r0 * rows_w + flat], rk)
                     have = True
-                for oh in range(b0, b1):
-                    if lo_h <= oh < hi_h:  # along h, every tap a row of the band: all taps at once
-                        top = best[(oh * sh - ph - r0) * rows_w:]
-                        top_rank = rank[(oh * sh - ph - r0) * rows_w:]
-                        for w in range(rows_w):
-                            b = top[w]
-                            r = top_rank[w]
-                            for jh in range(1, kh):
-                                v = top[jh * dh * rows_w + w]
-                                rk = np.int32(top_rank[jh * dh * rows_w + w] + jh * kw)
-                                better = _takes(v, rk, b, r, minimum)
-                                b = v if better else b
-                                r = rk if better else r
-                            row_best[w] = b
-                            row_rank[w] = r
-                    else:  # through the table: padding, or taps that never take part
-                        first = True
-                        for jh in range(kh):
-                            rh = tab_h[oh, jh]
-                            if rh == NEVER:
-                                continue
-                            step = np.int32(jh * kw)
-                            if rh < 0:
-                                for w in range(rows_w):
-                                    better = first | _takes(pad_value, step, row_best[w], row_rank[w], minimum)
-                                    row_best[w] = pad_value if better else row_best[w]
-                                    row_rank[w] = step if better else row_rank[w]
-                            else:
-                                row = best[(rh - r0) * rows_w:]
-                                row_of_rank = rank[(rh - r0) * rows_w:]
-                                for w in range(rows_w):
-                                    v = row[w]
-                                    rk = np.int32(row_of_rank[w] + step)
-                                    better = first | _takes(v, rk, row_best[w], row_rank[w], minimum)
-                                    row_best[w] = v if better else row_best[w]
-                                    row_rank[w] = rk if better else row_rank[w]
-                            first = False
-                    # along w: the interior outputs, all taps in one loop (LLVM loads the strided
-                    # taps as whole vectors and shuffles: one loop per tap gathered, 2x slower) ...
-                    out_row = out[n, u64(od), u64(oh)]
-                    codes_row = codes[n, u64(od), u64(oh)] if winners else codes[0, 0, 0]
-                    if hi_w > lo_w:
-                        left = row_best[lo_w * sw - pw:]
-                        left_rank = row_rank[lo_w * sw - pw:]
-                        into = out_row[lo_w:hi_w]
-                        into_codes = codes_row[lo_w:hi_w] if winners else codes_row
-                        for t in range(hi_w - lo_w):
-                            b = left[t * sw]
-                            r = left_rank[t * sw]
-                            for jw in range(1, kw):
-                                v = left[t * sw + jw * dw]
-                                rk = np.int32(left_rank[t * sw + jw * dw] + jw)
-                                better = _takes(v, rk, b, r, minimum)
-                                b = v if better else b
-                                r = rk if better else r
-                            into[t] = b
-                            if winners:
-                                into_codes[t] = _code(r, row_major, plane, kh, kw, md, mh, mw)
-                    for part in range(2):  # ... and the edges through the table
-                        for ow in range(0 if part == 0 else hi_w, lo_w if part == 0 else size_w):
-                            b = pad_value
-                            r = np.int32(-1)
-                            for jw in range(kw):
-                                rw = tab_w[ow, jw]
-                                if rw == NEVER:
-                                    continue
-                                v = pad_value if rw < 0 else row_best[u64(rw)]
-                                rk = np.int32(jw) if rw < 0 else np.int32(row_rank[u64(rw)] + jw)
-                                if r < 0 or _takes(v, rk, b, r, minimum):
-                                    b = v
-                                    r = rk
-                            out_row[ow] = b
-                            if winners:
-                                codes_row[ow] = _code(r, row_major, plane, kh, kw, md, mh, mw)
+                i0, i1 = max(b0, lo_h), min(b1, hi_h)  # along h: the interior rows at once ...
+                if i1 > i0:
+                    _h_rows(best, rank, h_best[(i0 - b0) * hs:], h_rank[(i0 - b0) * hs:], i0 * sh - ph - r0,
+                            i1 - i0, hs, rows_w, sh, kh, dh, kw, minimum)
+                for oh in range(b0, b1):  # ... the others through the table
+                    if oh < i0 or oh >= i1:
+                        _h_table(best, rank, h_best[(oh - b0) * hs:], h_rank[(oh - b0) * hs:], tab_h[oh], r0,
+                                 rows_w, pad_value, kw, minimum)
+                out_plane = out[n, u64(od)]
+                codes_plane = codes[n, u64(od)] if winners else codes[0, 0]
+                if hi_w > lo_w:  # along w: the interior columns of every row as one run ...
+                    f1 = (b1 - b0 - 1) * m + hi_w
+                    if m == size_w:  # ... into the output rows themselves
+                        _w_run(h_best, h_rank, out_plane[b0 * size_w:], codes_plane[b0 * size_w:] if winners
+                               else codes_plane, lo_w, f1, pw, sw, kw, dw, minimum,
+                               winners, True, row_major, plane, kh, md, mh, mw)
+                    else:  # ... or through scratch rows, longer than the output's
+                        _w_run(h_best, h_rank, w_best, w_rank, lo_w, f1, pw, sw, kw, dw, minimum,
+                               True, False, row_major, plane, kh, md, mh, mw)
+                        _w_emit(w_best, w_rank, out_plane, codes_plane, b0, b1, m, size_w, lo_w, hi_w,
+                                winners, row_major, plane, kh, kw, md, mh, mw)
+                _w_edges(h_best, h_rank, out_plane, codes_plane, b0, b1, hs, tab_w, lo_w, hi_w, pad_value,
+                         minimum, winners, row_major, plane, kh, kw, md, mh, mw)
 
     return run
 
