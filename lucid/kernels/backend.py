@@ -171,11 +171,11 @@ def applies(dtype: np.dtype, windows: Windows, kind: Kind = "unpool") -> bool:
     """Whether the compiled loops handle this dtype, geometry and kind of work (and, under ``auto``, win).
 
     Measured against the numpy kernels (2 threads): the backward wins on every
-    geometry; the forward with winners too (the direct loop 2-8x for k=2 s=2,
-    the separable one 1.9-4.3x for k=3 s=2 and 1.2-2.3x for k=3 s=1, floats
-    and integers); values only, the direct loop 2x for k=2 s=2 and the
-    separable one 1.1-1.8x for k=3 s=2, while numpy's passes with stride 1 are
-    at memory speed already (the separable loop 0.7-1.0x there).
+    geometry; the forward with winners too (the direct loop 5-7x for k=2 s=2,
+    the separable one 2.8-6.4x for k=3 s=2 and 3.6-3.7x for k=3 s=1, floats
+    and integers); values only, the direct loop 1.6-1.9x for k=2 s=2 and the
+    separable one 0.9-2.0x for k=3 s=2, while numpy's passes with stride 1 are
+    at memory speed already (the separable loop 1.0-1.1x there).
     """
     dtype = np.dtype(dtype)
     taps = windows[0].kernel * windows[1].kernel * windows[2].kernel
