@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -300,7 +299,8 @@ def test_dry_run_on_a_cluster_shows_the_block_plan_and_reaches_no_cluster(tmp_pa
         raise AssertionError("a dry run must not reach a cluster")
 
     monkeypatch.setattr(cluster_module, "connect", refuse)
-    src = write_input(str(tmp_path / "in.zarr"), np.arange(64 * 32 * 32, dtype=np.float32).reshape(64, 32, 32), (16, 32, 32))
+    a = np.arange(64 * 32 * 32, dtype=np.float32).reshape(64, 32, 32)
+    src = write_input(str(tmp_path / "in.zarr"), a, (16, 32, 32))
     args = ["pool3d", src, str(tmp_path / "o.zarr"), "-k", "3", "-s", "2", "-p", "1", "--grad-out",
             str(tmp_path / "g.zarr"), "--workers", "2", "--block-size", "32K", "--dry-run"]
     result = CliRunner().invoke(main, args)
@@ -312,3 +312,56 @@ def test_dry_run_on_a_cluster_shows_the_block_plan_and_reaches_no_cluster(tmp_pa
     assert plan["forward_blocks"] > 1 and plan["backward_blocks"] > 1
     assert f"{plan['forward_blocks']} forward" in line and f"{plan['backward_blocks']} backward" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+
+
+@pytest.mark.slow
+def test_a_big_run_compiles_its_tasks_kernels_with_the_same_bits(cluster, tmp_path, monkeypatch):
+    """A run big enough for numba (here: the crossover set to 0) runs its tasks compiled, in
+    worker processes that load numba from the run's context, bit for bit this machine's engine
+    (compiled too: on a tie of -0.0 and +0.0 the numpy kernels may keep the other zero)."""
+    pytest.importorskip("numba")
+    from lucid.kernels import backend
+
+    rng = np.random.default_rng(12)
+    a = rng.integers(-2, 3, (26, 20, 18)).astype(np.float32)  # ties, and negatives that zero padding beats
+    a.ravel()[rng.random(a.size) < 0.03] = np.nan
+    a.ravel()[rng.random(a.size) < 0.05] = -0.0
+    src = write_input(str(tmp_path / "in.h5"), a, (8, 8, 8))
+    opts = dict(kernel_size=2, stride=2, padding=1)
+    monkeypatch.setattr(backend, "RUN_CROSSOVER_BYTES", 0)
+    pool3d_file(src, str(tmp_path / "ref.zarr"), grad_out=str(tmp_path / "refg.zarr"),
+                indices_out=str(tmp_path / "refi.zarr"), **opts)
+    got = pool3d_file(src, str(tmp_path / "got.zarr"), grad_out=str(tmp_path / "gotg.h5"),
+                      indices_out=str(tmp_path / "goti.zarr"), cluster=cluster, block_bytes="8K", **opts)
+    run = got.extra["dask"]
+    assert run["kernels"] == "auto" and run["workers_with_numba"] >= 1 and run["forward_blocks"] > 1
+    assert same_bits(read(str(tmp_path / "got.zarr")), read(str(tmp_path / "ref.zarr")))
+    assert same_bits(read(str(tmp_path / "goti.zarr")), read(str(tmp_path / "refi.zarr")))
+    assert same_bits(read(str(tmp_path / "gotg.h5")), read(str(tmp_path / "refg.zarr")))
+
+
+def test_tasks_keep_the_numpy_kernels_when_the_run_is_small_or_no_block_fits_beside_numba(tmp_path, monkeypatch):
+    from lucid.dask import blocks
+    from lucid.kernels import backend
+
+    src = write_input(str(tmp_path / "in.zarr"), np.ones((64, 32, 32), np.float32), (16, 32, 32))
+
+    def kernels(**kw):
+        report = pool3d_file(src, str(tmp_path / "o.zarr"), 3, 2, 1, grad_out=str(tmp_path / "g.zarr"),
+                             cluster=ClusterSpec(workers=2), block_bytes="32K", dry_run=True, **kw)
+        return report.extra["dask_plan"]["kernels"]
+
+    assert kernels() == "numpy"  # 256 KiB: loading numba would cost more than it saves
+    monkeypatch.setattr(backend, "RUN_CROSSOVER_BYTES", 0)
+    assert kernels() == ("auto" if backend.may_load_numba() else "numpy")
+    original = blocks.plan_blocks
+
+    def needs_a_gib(*args, memory_limit, **kw):
+        if memory_limit < 1 << 30:
+            raise ValueError("memory limit is too small for one block")
+        return original(*args, memory_limit=memory_limit, **kw)
+
+    monkeypatch.setattr(blocks, "plan_blocks", needs_a_gib)
+    assert kernels(memory_limit="1G") == "numpy"  # 1 GiB holds a block, not a block and numba
+    with pytest.raises(ValueError, match="too small for one block"):
+        kernels(memory_limit="512M")

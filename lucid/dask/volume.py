@@ -38,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import types
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from lucid.dask.cluster import ClusterError, ClusterSpec
 from lucid.io import LucidIOError, detect_format, open_gradient, open_source
 from lucid.io.base import one_line
 from lucid.io.tempfiles import PART_MARK
-from lucid.kernels import maxpool
+from lucid.kernels import backend, maxpool
 from lucid.kernels.maxpool import MAX, MIN
 from lucid.stream import engine
 from lucid.stream.engine import EngineStats
@@ -116,6 +117,7 @@ class Context:
     want: frozenset[str]  # the outputs asked for: "output", "indices", "gradient"
     done_dir: str
     mark: frozenset[str]  # task kinds ("f", "b") whose outputs are all Zarr: a marker records them done
+    kernels: str = "numpy"  # the run's kernels (``compute.task_kernels``): numba only where the plan counted it
 
 
 # -- tasks (run on the workers) --------------------------------------------------------------------------
@@ -165,7 +167,8 @@ def _result(kind: str, index, read: int, won: bool = False, skipped: bool = Fals
     from lucid.stream.api import peak_memory_mib
 
     return {"kind": kind, "index": tuple(index), "read": read, "padding_won": won, "skipped": skipped,
-            "pid": os.getpid(), "peak_mib": peak_memory_mib(), "arrays": arrays or {}}
+            "pid": os.getpid(), "peak_mib": peak_memory_mib(), "numba": "numba" in sys.modules,
+            "arrays": arrays or {}}
 
 
 def _put(kind: str, staged: Staged | None, box, data: np.ndarray, arrays: dict) -> None:
@@ -196,9 +199,9 @@ def _forward(ctx: Context, index) -> tuple[int, bool, dict]:
         data = source.read(block.read_box)
     order = MIN if ctx.minimum else MAX
     if "indices" in ctx.want:
-        values, codes = compute.forward_codes(data, block, ctx.mults, ctx.pad_value, order)
+        values, codes = compute.forward_codes(data, block, ctx.mults, ctx.pad_value, order, ctx.kernels)
     else:
-        values, codes = compute.forward_values(data, block, ctx.pad_value, order), None
+        values, codes = compute.forward_values(data, block, ctx.pad_value, order, ctx.kernels), None
     won = ctx.pad_value is not None and engine._padding_won(data, block.pooled, block.windows, ctx.pad_value,
                                                              order, values)
     arrays: dict[str, np.ndarray] = {}
@@ -232,7 +235,7 @@ def _backward(ctx: Context, index) -> tuple[int, bool, dict]:
                     gsource.close()
         read = data.nbytes + (0 if upstream is None else upstream.nbytes)
         grad = compute.backward_gradient(data, upstream, block, ctx.mults, plan.priority[0], ctx.pad_value,
-                                         ctx.grad_dtype, MIN if ctx.minimum else MAX)
+                                         ctx.grad_dtype, MIN if ctx.minimum else MAX, ctx.kernels)
     arrays: dict[str, np.ndarray] = {}
     _put("gradient", ctx.gradient, block.own_box, grad, arrays)
     return read, False, arrays
@@ -281,6 +284,7 @@ class Runner:
     pad_value: Any
     minimum: bool
     out_dtype: np.dtype
+    kernels: str = "numpy"
     summary: dict = field(default_factory=dict)
     _sinks: list = field(default_factory=list)
 
@@ -326,7 +330,8 @@ class Runner:
         return Context(self.job, self.forward, self.backward,
                        maxpool.code_mults(self.plan.windows, self.plan.priority), self.pad_value, self.minimum,
                        str(self.out_dtype), str(np.dtype(self.job.grad_dtype)), staged.get("output"),
-                       staged.get("indices"), staged.get("gradient"), frozenset(staged), self.done_dir, mark)
+                       staged.get("indices"), staged.get("gradient"), frozenset(staged), self.done_dir, mark,
+                       self.kernels)
 
     def run(self, *, out=None, grad_out=None, indices_out=None, progress=None) -> EngineStats:
         """Every block on the cluster; returned blocks go into their sinks here (nothing is committed)."""
@@ -344,6 +349,7 @@ class Runner:
         todo = [t for t in tasks if not (t[0] in ctx.mark and os.path.exists(_marker(ctx, *t)))]
         stats = EngineStats()
         peaks: dict[int, float] = {}
+        compiled: set[int] = set()  # the workers that ran compiled kernels
         done = len(tasks) - len(todo)
         self.summary.update(tasks=len(tasks), resumed_blocks=done, cluster=self.cluster.describe())
         connected = False
@@ -376,6 +382,7 @@ class Runner:
                     stats.bytes_read += result["read"]
                     stats.padding_won |= bool(result["padding_won"])
                     peaks[result["pid"]] = max(peaks.get(result["pid"], 0.0), result["peak_mib"])
+                    compiled |= {result["pid"]} if result.get("numba") else set()
                     if progress is not None:
                         progress(done, len(tasks), stats.bytes_read)
         except BaseException as exc:
@@ -395,6 +402,7 @@ class Runner:
             raise
         stats.slabs = len(tasks)
         self.summary["worker_peak_mib"] = {str(pid): round(mib, 1) for pid, mib in sorted(peaks.items())}
+        self.summary["workers_with_numba"] = len(compiled)
         for kind, sink in self._sinks:
             if self._is_zarr(kind):
                 sink.mark_written()
@@ -448,9 +456,9 @@ def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, l
     explicit = tuple(int(s) for s in job.shards) if job.shards not in (None, True, "auto", False) else None
     out_chunks = _fit(chunk_shape(plan.out_shape, out_grid_itemsize, target), explicit)
     grad_chunks = _fit(chunk_shape(plan.in_shape, np.dtype(job.grad_dtype).itemsize, target), explicit)
-    common = dict(itemsize=in_itemsize, out_itemsize=out_dtype.itemsize, grad_itemsize=np.dtype(job.grad_dtype).itemsize,
-                  block_bytes=block_bytes, memory_limit=limit, indices=job.indices_out is not None,
-                  priority=plan.priority)
+    common = dict(itemsize=in_itemsize, out_itemsize=out_dtype.itemsize,
+                  grad_itemsize=np.dtype(job.grad_dtype).itemsize, block_bytes=block_bytes,
+                  indices=job.indices_out is not None, priority=plan.priority)
     slab_rows = {"output": plan.rows_per_slab, "indices": plan.rows_per_slab,
                  "gradient": plan.rows_per_slab * plan.windows[plan.slab_r].stride}
     itemsizes = {"output": out_dtype.itemsize, "indices": 8, "gradient": np.dtype(job.grad_dtype).itemsize}
@@ -479,14 +487,28 @@ def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, l
             out = [math.lcm(a, b) for a, b in zip(out, each)]
         return tuple(out)
 
-    forward = backward = None
-    try:
+    def plan_both(task_limit: int):
+        forward = backward = None
         if job.output is not None or job.indices_out is not None:
             forward = blocks.plan_blocks(blocks.FORWARD, plan.in_shape, plan.pooled, plan.windows,
-                                         align=align(("output", "indices")), **common)
+                                         align=align(("output", "indices")), **common, memory_limit=task_limit)
         if job.grad_out is not None:
             backward = blocks.plan_blocks(blocks.BACKWARD, plan.in_shape, plan.pooled, plan.windows,
-                                          align=align(("gradient",)), **common)
+                                          align=align(("gradient",)), **common, memory_limit=task_limit)
+        return forward, backward
+
+    # The tasks run the kernels the run's plan chose: compiled when the run is big enough to gain
+    # (``backend.for_run``); then each task's memory leaves room for numba's own RSS in its worker,
+    # and when no block fits beside it, the tasks keep the numpy kernels.
+    kernels = backend.backend() if plan.numba_bytes else "numpy"
+    try:
+        try:
+            forward, backward = plan_both(limit - plan.numba_bytes)
+        except ValueError:
+            if kernels == "numpy":
+                raise
+            kernels = "numpy"
+            forward, backward = plan_both(limit)
     except ValueError as exc:
         raise ValueError(f"{source.name}: {exc} (raise --memory-limit)") from None
     for kind, bp, ch in (("output", forward, out_chunks), ("indices", forward, out_chunks),
@@ -505,8 +527,8 @@ def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, l
     ident["chunks"], ident["shards"] = chunks, shards
     key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Runner(job, plan, cluster, forward, backward, chunks, shards, key, pad_value, order is MIN,
-                  np.dtype(out_dtype),
-                  summary={"forward_blocks": 0 if forward is None else len(forward),
+                  np.dtype(out_dtype), kernels,
+                  summary={"kernels": kernels, "forward_blocks": 0 if forward is None else len(forward),
                            "backward_blocks": 0 if backward is None else len(backward),
                            "forward_grid": None if forward is None else list(forward.grid),
                            "backward_grid": None if backward is None else list(backward.grid)})
