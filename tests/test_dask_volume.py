@@ -329,6 +329,9 @@ def test_a_big_run_compiles_its_tasks_kernels_with_the_same_bits(cluster, tmp_pa
     src = write_input(str(tmp_path / "in.h5"), a, (8, 8, 8))
     opts = dict(kernel_size=2, stride=2, padding=1)
     monkeypatch.setattr(backend, "RUN_CROSSOVER_BYTES", 0)
+    # the local run preloads numba in this process, which then runs every later test's kernels
+    # compiled (hundreds of geometries to compile): undone at teardown
+    monkeypatch.setattr(backend, "_preloaded", backend._preloaded)
     pool3d_file(src, str(tmp_path / "ref.zarr"), grad_out=str(tmp_path / "refg.zarr"),
                 indices_out=str(tmp_path / "refi.zarr"), **opts)
     got = pool3d_file(src, str(tmp_path / "got.zarr"), grad_out=str(tmp_path / "gotg.h5"),
