@@ -349,7 +349,7 @@ class Runner:
         todo = [t for t in tasks if not (t[0] in ctx.mark and os.path.exists(_marker(ctx, *t)))]
         stats = EngineStats()
         peaks: dict[int, float] = {}
-        compiled: set[int] = set()  # the workers that ran compiled kernels
+        compiled: set[int] = set()  # the workers with numba loaded
         done = len(tasks) - len(todo)
         self.summary.update(tasks=len(tasks), resumed_blocks=done, cluster=self.cluster.describe())
         connected = False
