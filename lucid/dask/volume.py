@@ -52,7 +52,7 @@ from lucid.dask.cluster import ClusterError, ClusterSpec
 from lucid.io import LucidIOError, detect_format, open_gradient, open_source
 from lucid.io.base import one_line
 from lucid.io.tempfiles import PART_MARK
-from lucid.kernels import backend, maxpool
+from lucid.kernels import maxpool
 from lucid.kernels.maxpool import MAX, MIN
 from lucid.stream import engine
 from lucid.stream.engine import EngineStats
@@ -497,18 +497,18 @@ def plan_runner(job: PoolJob, source, plan: Plan, pad_value, order, out_dtype, l
                                           align=align(("gradient",)), **common, memory_limit=task_limit)
         return forward, backward
 
-    # The tasks run the kernels the run's plan chose: compiled when the run is big enough to gain
-    # (``backend.for_run``); then each task's memory leaves room for numba's own RSS in its worker,
-    # and when no block fits beside it, the tasks keep the numpy kernels.
-    kernels = backend.backend() if plan.numba_bytes else "numpy"
+    # The tasks run the kernels the run's plan chose (``Plan.kernels``): where it counted numba's
+    # own RSS, each task's memory leaves room for it in its worker, and when no block fits beside
+    # it, ``auto`` tasks keep the numpy kernels.
+    kernels = plan.kernels
     try:
         try:
             forward, backward = plan_both(limit - plan.numba_bytes)
         except ValueError:
-            if kernels == "numpy":
+            if not plan.numba_bytes:
                 raise
-            kernels = "numpy"
             forward, backward = plan_both(limit)
+            kernels = "numpy" if kernels == "auto" else kernels
     except ValueError as exc:
         raise ValueError(f"{source.name}: {exc} (raise --memory-limit)") from None
     for kind, bp, ch in (("output", forward, out_chunks), ("indices", forward, out_chunks),

@@ -137,9 +137,9 @@ def run(
     total = plan.job_count
     # The plan decided (``backend.for_run``): numba from the first slab, or the numpy kernels
     # (a small run, or a budget that cannot hold numba's own memory).
-    kernels = None
-    if backend.backend() == "auto":
-        kernels = "auto" if plan.numba_bytes and backend.preload() else "numpy"
+    kernels = plan.kernels
+    if kernels == "auto":
+        backend.preload()
     try:
         with backend.kernels(kernels):
             while True:

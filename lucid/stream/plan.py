@@ -57,6 +57,15 @@ class Plan:
     numba_bytes: int = 0  # numba's RSS, counted in slab_bytes; 0: the run keeps the numpy kernels
 
     @property
+    def kernels(self) -> str:
+        """The kernels this run uses, on this machine's engine and in its dask tasks alike: the
+        process's choice, and under ``auto`` numba only where this plan counted its memory."""
+        name = backend.backend()
+        if name != "auto":
+            return name
+        return "auto" if self.numba_bytes else "numpy"
+
+    @property
     def slab_axis(self) -> int:
         return self.pooled[self.slab_r]
 
